@@ -1,0 +1,33 @@
+# Set-up and main jobs. `make demo` and `make test` work on a fresh machine: they create .venv and install
+# everything first (torch==2.13.0 before anything else, see ../shared/MODELS.md: any other torch spec pulls a
+# multi-GB CUDA build).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DATA    ?= ../shared/data
+STAMP   := $(VENV)/.retr-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast bench-beir clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[all]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/retr eval --model minilm --data $(DATA)/scifact --split test --output out/demo/scifact-minilm.json --run out/demo/scifact-minilm.trec
+
+test: install
+	$(BIN)/python -m pytest -q -x --durations=15
+
+test-fast: install
+	$(BIN)/python -m pytest -q -x -m "not slow and not java and not distributed"
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache

@@ -1,0 +1,72 @@
+"""Options shared by several commands, logging set-up, and the one-line error contract (exit code 2)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+Model = Annotated[str, typer.Option("--model", "-m", help="Encoder: a local model directory, a Hugging Face hub id, "
+                                    "or `minilm` (the packaged all-MiniLM-L6-v2).")]
+OptModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Encoder (default: the model recorded in the "
+                                                 "index's meta.json). Local directory, hub id, or `minilm`.")]
+Data = Annotated[Path, typer.Option("--data", "-d", help="BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")]
+Split = Annotated[str, typer.Option("--split", help="Qrels split to evaluate (file qrels/<split>.tsv).")]
+Pooling = Annotated[Optional[str], typer.Option("--pooling", help="Pooling: mean, cls or last (default: read from the "
+                                                "model's 1_Pooling/config.json, else mean).")]
+Normalize = Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalise embeddings "
+                                                   "(default: as the model's modules.json says, else on).", show_default=False)]
+QueryPrefix = Annotated[Optional[str], typer.Option("--query-prefix", help="Text prepended to every query (e.g. 'query: ').")]
+PassagePrefix = Annotated[Optional[str], typer.Option("--passage-prefix", help="Text prepended to every passage (e.g. 'passage: ').")]
+QueryMaxLen = Annotated[Optional[int], typer.Option("--query-max-length", help="Max query tokens (default: model's max_seq_length).")]
+PassageMaxLen = Annotated[Optional[int], typer.Option("--passage-max-length", help="Max passage tokens (default: model's max_seq_length).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per encoder forward pass.")]
+Threads = Annotated[int, typer.Option("--threads", help="Threads for batch search (FAISS/Lucene).")]
+AllowMissingDocs = Annotated[bool, typer.Option("--allow-missing-docs", help="Keep qrels rows whose corpus-id is not in "
+                                                "corpus.jsonl (BEIR keeps them; ArguAna has 5) instead of failing.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def encoder_overrides(pooling: str | None = None, normalize: bool | None = None, query_prefix: str | None = None,
+                      passage_prefix: str | None = None, query_max_length: int | None = None,
+                      passage_max_length: int | None = None) -> dict[str, Any]:
+    """The encoder settings given on the command line (``None`` = keep the model's own)."""
+    given = dict(pooling=pooling, normalize=normalize, query_prefix=query_prefix, passage_prefix=passage_prefix,
+                 query_max_length=query_max_length, passage_max_length=passage_max_length)
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="[%X]")
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("retr").setLevel(level)
+    for noisy in ("transformers", "sentence_transformers", "faiss", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        import transformers
+        transformers.logging.set_verbosity_error()
+    except Exception:
+        pass
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: printed as one line, exit code 2, no traceback."""
+    from retr.indexing.atomic import ArtifactError
+    from retr.retriever.data.errors import DataError
+
+    return (DataError, ArtifactError, FileNotFoundError, ValueError)
+
+
+def console():
+    from rich.console import Console
+
+    return Console()

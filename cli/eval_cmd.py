@@ -1,0 +1,64 @@
+"""``retr eval``: encode -> index -> search -> BEIR metrics, printed as a table and written as JSON."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+log = logging.getLogger("retr.cli")
+
+
+def eval_command(
+    data: common.Data,
+    model: common.OptModel = None,
+    split: common.Split = "test",
+    index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Index directory: reused when it exists and "
+                                                   "matches the corpus and model, else built and saved there.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and settings as JSON here.")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", help="Write the TREC run file here.")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Documents retrieved per query (BEIR uses 1000).")] = 1000,
+    ignore_identical_ids: Annotated[bool, typer.Option("--ignore-identical-ids/--keep-identical-ids",
+                                                       help="Drop hits whose doc id equals the query id, as BEIR does "
+                                                       "(matters for ArguAna).")] = True,
+    allow_missing_docs: common.AllowMissingDocs = False,
+    batch_size: common.BatchSize = 64,
+    threads: common.Threads = 1,
+    pooling: common.Pooling = None,
+    normalize: common.Normalize = None,
+    query_prefix: common.QueryPrefix = None,
+    passage_prefix: common.PassagePrefix = None,
+    query_max_length: common.QueryMaxLen = None,
+    passage_max_length: common.PassageMaxLen = None,
+    verbose: common.Verbose = False,
+) -> None:
+    common.setup_logging(verbose)
+    from retr.evaluation.evaluate import evaluate
+    from retr.evaluation.report import metrics_table, result_record
+    from retr.indexing.atomic import write_json_atomic
+    from retr.retriever.data.beir import load_beir
+    from retr.retriever.data.trec import write_trec_run
+    from retr.retriever.pipeline import dense_retriever_for
+
+    t0 = time.perf_counter()
+    dataset = load_beir(data, split, allow_missing_docs=allow_missing_docs)
+    log.info("%s: %d docs, %d judged %s queries", dataset.name, len(dataset.corpus), len(dataset.qrels), split)
+    overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
+                                         passage_max_length)
+    retriever = dense_retriever_for(dataset.corpus, model=model, index_dir=index, batch_size=batch_size, **overrides)
+    result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads)
+    common.console().print(metrics_table({f"{dataset.name} ({split})": result.metrics}, title=retriever.encoder.name))
+    if run:
+        write_trec_run(result.run, run, tag=Path(str(retriever.encoder.name)).name or "retr")
+    if output:
+        record = result_record(result, retriever_settings={"retriever": "dense",
+                                                           "encoder": retriever.index.meta.get("encoder"),
+                                                           "index": {k_: retriever.index.meta.get(k_) for k_ in
+                                                                     ("factory", "metric", "dim", "count", "corpus")}},
+                               seconds=time.perf_counter() - t0)
+        write_json_atomic(output, record)
+        log.info("wrote %s", output)

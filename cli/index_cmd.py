@@ -1,0 +1,88 @@
+"""``retr index``: encode a corpus and build a FAISS index directory; ``retr index info DIR`` describes one."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+log = logging.getLogger("retr.cli")
+
+index_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                        help="Build an index from a corpus (`retr index -m MODEL -d DATA -o DIR`); "
+                             "`retr index info DIR` prints what an index holds.")
+
+IndexType = Annotated[str, typer.Option("--index-type", "-t", help="flat | hnsw | ivf | pq | ivfpq | sq8, or any FAISS "
+                                        "index_factory string (e.g. 'IVF1024,PQ32x8').")]
+
+
+@index_app.callback()
+def index_command(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Encoder: local directory, hub id, or `minilm`.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="BEIR dataset folder or a corpus.jsonl file.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Index directory to write (atomically).")] = None,
+    index_type: IndexType = "flat",
+    metric: Annotated[str, typer.Option("--metric", help="ip (inner product; cosine when normalised) or l2.")] = "ip",
+    hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW: neighbours per node (M).")] = 32,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW: candidate list size while building.")] = 200,
+    ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW: default candidate list size while searching.")] = 128,
+    nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF: number of lists (default ~4*sqrt(N)).")] = None,
+    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF: default lists visited per query.")] = 16,
+    pq_m: Annotated[Optional[int], typer.Option("--pq-m", help="PQ: sub-quantisers (default dim/4).")] = None,
+    pq_bits: Annotated[int, typer.Option("--pq-bits", help="PQ: bits per sub-quantiser code.")] = 8,
+    train_sample: Annotated[int, typer.Option("--train-sample", help="IVF/PQ: vectors sampled to train the quantisers.")] = 100_000,
+    store_vectors: Annotated[bool, typer.Option("--store-vectors", help="Keep float32 vectors beside the index for exact "
+                                                "re-scoring (`retr search --rescore`).")] = False,
+    batch_size: common.BatchSize = 64,
+    pooling: common.Pooling = None,
+    normalize: common.Normalize = None,
+    query_prefix: common.QueryPrefix = None,
+    passage_prefix: common.PassagePrefix = None,
+    query_max_length: common.QueryMaxLen = None,
+    passage_max_length: common.PassageMaxLen = None,
+    verbose: common.Verbose = False,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    common.setup_logging(verbose)
+    if model is None or data is None or output is None:
+        raise typer.BadParameter("--model, --data and --output are required (see `retr index --help`)")
+    from retr.indexing.faiss_index import IndexSpec
+    from retr.retriever.data.beir import load_corpus
+    from retr.retriever.modeling import DualEncoder
+    from retr.retriever.search import DenseRetriever
+
+    corpus_path = data / "corpus.jsonl" if data.is_dir() else data
+    corpus = load_corpus(corpus_path)
+    log.info("loaded %d documents from %s", len(corpus), corpus_path)
+    encoder = DualEncoder.from_pretrained(model, **common.encoder_overrides(
+        pooling, normalize, query_prefix, passage_prefix, query_max_length, passage_max_length))
+    spec = IndexSpec(index_type=index_type, metric=metric, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                     ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits,
+                     train_sample=train_sample, store_vectors=store_vectors)
+    retriever = DenseRetriever.build(encoder, corpus, output, spec=spec, batch_size=batch_size)
+    meta = retriever.index.meta
+    common.console().print(f"[green]wrote[/green] {output}: {meta['factory']} index of {meta['count']} docs, dim {meta['dim']}")
+
+
+@index_app.command("info", help="Print an index directory's meta.json (type, parameters, model, corpus).")
+def info_command(index_dir: Annotated[Path, typer.Argument(help="Index directory.")]) -> None:
+    from rich.table import Table
+
+    from retr.indexing.atomic import ArtifactError, read_json
+
+    meta_path = index_dir / "meta.json"
+    if not meta_path.exists():
+        raise ArtifactError(f"{index_dir}: not an index directory (missing meta.json)")
+    meta = read_json(meta_path)
+    table = Table(title=str(index_dir), show_header=False)
+    for key, value in meta.items():
+        table.add_row(key, json.dumps(value, indent=1) if isinstance(value, (dict, list)) else str(value))
+    size = sum(f.stat().st_size for f in index_dir.iterdir() if f.is_file())
+    table.add_row("bytes on disk", f"{size:,}")
+    common.console().print(table)

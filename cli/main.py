@@ -1,0 +1,43 @@
+"""The ``retr`` command. Commands only wire: they parse options into configs and call the library."""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import common
+from .eval_cmd import eval_command
+from .index_cmd import index_app
+from .search_cmd import search_command
+
+app = typer.Typer(
+    name="retr",
+    help="Dense retrieval and reranking: index, search, evaluate (BEIR), mine, train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(index_app, name="index")
+app.command("search", help="Search an index with one query or a BEIR/JSONL query file; write TREC run and JSON.")(search_command)
+app.command("eval", help="Evaluate a model on a BEIR dataset: encode -> index -> search -> metrics.")(eval_command)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2 (RETR_TRACEBACK=1 shows the trace)."""
+    try:
+        app()
+    except common.user_errors() as e:
+        if os.environ.get("RETR_TRACEBACK"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""``retr search``: query an index directory; print hits, write a TREC run and/or JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+
+def search_command(
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index directory made by `retr index`.")],
+    query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
+    queries: Annotated[Optional[Path], typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a TSV of "
+                                                     "qid<TAB>text, or a BEIR folder.")] = None,
+    model: common.OptModel = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Hits per query.")] = 10,
+    run: Annotated[Optional[Path], typer.Option("--run", help="Write a TREC run file here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write hits as JSON here.")] = None,
+    ef_search: Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch for this search (no rebuild).")] = None,
+    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited for this search (no rebuild).")] = None,
+    rescore: Annotated[Optional[int], typer.Option("--rescore", help="Fetch this many candidates and re-score them "
+                                                    "exactly from stored vectors (PQ indexes built with --store-vectors).")] = None,
+    mmap: Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")] = False,
+    threads: common.Threads = 1,
+    batch_size: common.BatchSize = 64,
+    verbose: common.Verbose = False,
+) -> None:
+    common.setup_logging(verbose)
+    from retr.retriever.data.queries import read_queries
+    from retr.retriever.data.trec import write_trec_run
+    from retr.retriever.search import DenseRetriever
+    from retr.indexing.atomic import write_json_atomic
+
+    if not query and queries is None:
+        raise typer.BadParameter("give --query TEXT or --queries FILE")
+    qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
+    if queries is not None:
+        qmap.update(read_queries(queries))
+    retriever = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
+    retriever.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
+    results = retriever.batch_search(list(qmap.values()), list(qmap), k=k, threads=threads, rescore=rescore)
+    if run:
+        write_trec_run(results, run)
+    if output:
+        write_json_atomic(output, {qid: [asdict(h) for h in hits] for qid, hits in results.items()})
+    if len(qmap) <= 5:
+        from rich.table import Table
+
+        con = common.console()
+        for qid, hits in results.items():
+            table = Table(title=f"{qid}: {qmap[qid][:80]}")
+            for col in ("rank", "docid", "score"):
+                table.add_column(col)
+            for h in hits:
+                table.add_row(str(h.rank), h.docid, f"{h.score:.4f}")
+            con.print(table)
+    else:
+        common.console().print(f"searched {len(qmap)} queries, k={k}" + (f"; run written to {run}" if run else ""))

@@ -1,0 +1,290 @@
+"""FAISS vector indexes saved as directories: ``index.faiss`` + ``docids.json`` + ``meta.json``.
+
+The index knows vectors and string ids, nothing of models: what made the vectors travels as an opaque
+``encoder`` dict inside ``meta.json`` and callers compare it (``check_encoder``). Index types are named
+presets (flat, hnsw, ivf, pq, ivfpq, sq8) or any FAISS ``index_factory`` string. Optional
+``vectors.npy`` keeps the float32 vectors so compressed (PQ) indexes can re-score their candidates
+exactly. Directories are written atomically (temp dir, then rename).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+
+from .atomic import ArtifactError, atomic_dir, read_json
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "docids.json"
+META_FILE = "meta.json"
+VECTORS_FILE = "vectors.npy"
+FORMAT_VERSION = 1
+PRESETS = ("flat", "hnsw", "ivf", "pq", "ivfpq", "sq8")
+
+
+class IndexMismatchError(ArtifactError):
+    """The index was built with settings that disagree with the model used to query it."""
+
+
+@dataclass
+class IndexSpec:
+    """How to build an index. ``index_type`` is a preset name or a FAISS ``index_factory`` string."""
+
+    index_type: str = "flat"
+    metric: str = "ip"  # "ip" (inner product; cosine on normalised vectors) or "l2"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    nlist: int | None = None  # default: ~4*sqrt(N), capped so each list gets >= 39 training points
+    nprobe: int = 16
+    pq_m: int | None = None  # default: dim/4 sub-quantisers (rounded to a divisor of dim)
+    pq_bits: int = 8
+    train_sample: int = 100_000
+    store_vectors: bool = False  # keep vectors.npy for exact re-scoring
+    seed: int = 0
+
+    def factory_string(self, dim: int, n: int) -> str:
+        nlist = self.nlist or _default_nlist(n)
+        pq_m = self.pq_m or _default_pq_m(dim)
+        t = self.index_type
+        if t == "flat":
+            return "Flat"
+        if t == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat"
+        if t == "ivf":
+            return f"IVF{nlist},Flat"
+        if t == "pq":
+            return f"PQ{pq_m}x{self.pq_bits}"
+        if t == "ivfpq":
+            return f"IVF{nlist},PQ{pq_m}x{self.pq_bits}"
+        if t == "sq8":
+            return "SQ8"
+        return t  # a raw factory string
+
+
+def _default_nlist(n: int) -> int:
+    nlist = int(4 * math.sqrt(max(n, 1)))
+    return max(1, min(nlist, n // 39 if n >= 39 else 1))
+
+
+def _default_pq_m(dim: int) -> int:
+    m = max(1, dim // 4)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def _metric(name: str) -> int:
+    if name == "ip":
+        return faiss.METRIC_INNER_PRODUCT
+    if name == "l2":
+        return faiss.METRIC_L2
+    raise ValueError(f"unknown metric {name!r} (use 'ip' or 'l2')")
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@dataclass
+class FaissIndex:
+    """A FAISS index plus the string ids of its rows and the metadata that made it."""
+
+    index: Any
+    docids: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    vectors: np.ndarray | None = None  # float32 rows, kept for exact re-scoring
+
+    # ---------- building ----------
+    @classmethod
+    def build(cls, vectors: np.ndarray, docids: Sequence[str], spec: IndexSpec | None = None,
+              meta: dict[str, Any] | None = None, use_gpu: bool | None = None) -> "FaissIndex":
+        spec = spec or IndexSpec()
+        vectors = _as_f32(vectors)
+        if vectors.ndim != 2 or len(vectors) != len(docids):
+            raise ValueError(f"vectors {vectors.shape} and {len(docids)} ids disagree")
+        if len(set(docids)) != len(docids):
+            raise ValueError("duplicate document ids given to the index")
+        n, dim = vectors.shape
+        factory = spec.factory_string(dim, n)
+        t0 = time.perf_counter()
+        index = faiss.index_factory(dim, factory, _metric(spec.metric))
+        base = faiss.downcast_index(index)
+        if hasattr(base, "hnsw"):
+            base.hnsw.efConstruction = spec.ef_construction
+        gpu = _want_gpu(use_gpu) and not factory.startswith("HNSW")
+        work = _to_gpu(index) if gpu else index
+        if not work.is_trained:
+            rng = np.random.default_rng(spec.seed)
+            sample = vectors if n <= spec.train_sample else vectors[np.sort(rng.choice(n, spec.train_sample, replace=False))]
+            log.info("training %s on %d vectors", factory, len(sample))
+            work.train(sample)
+        work.add(vectors)
+        index = faiss.index_gpu_to_cpu(work) if work is not index else work
+        build_seconds = time.perf_counter() - t0
+        full_meta = {
+            "format_version": FORMAT_VERSION,
+            "index_type": spec.index_type,
+            "factory": factory,
+            "metric": spec.metric,
+            "dim": dim,
+            "count": n,
+            "params": asdict(spec),
+            "build_seconds": round(build_seconds, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        full_meta.update(meta or {})
+        out = cls(index=index, docids=list(docids), meta=full_meta,
+                  vectors=vectors if spec.store_vectors else None)
+        out.set_search_params(ef_search=spec.ef_search, nprobe=spec.nprobe)
+        return out
+
+    def add(self, vectors: np.ndarray, docids: Sequence[str]) -> None:
+        """Append documents without touching (or re-encoding) the ones already indexed."""
+        vectors = _as_f32(vectors)
+        known = set(self.docids)
+        dup = next((d for d in docids if d in known), None)
+        if dup is not None or len(set(docids)) != len(docids):
+            raise ValueError(f"document id {dup!r} is already in the index" if dup else "duplicate ids in the added batch")
+        if vectors.shape[1] != self.dim:
+            raise IndexMismatchError(f"added vectors have dim {vectors.shape[1]}, index has {self.dim}")
+        self.index.add(vectors)
+        self.docids.extend(docids)
+        if self.vectors is not None:
+            self.vectors = np.concatenate([np.asarray(self.vectors), vectors])
+        self.meta["count"] = len(self.docids)
+
+    # ---------- properties & knobs ----------
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return len(self.docids)
+
+    def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Search-time knobs that need no rebuild (HNSW efSearch, IVF nprobe)."""
+        base = faiss.downcast_index(self.index)
+        if ef_search is not None and hasattr(base, "hnsw"):
+            base.hnsw.efSearch = int(ef_search)
+        if nprobe is not None:
+            try:
+                ivf = faiss.extract_index_ivf(self.index)
+                ivf.nprobe = int(nprobe)
+            except RuntimeError:
+                pass
+
+    # ---------- searching ----------
+    def search(self, queries: np.ndarray, k: int, rescore: int | None = None,
+               threads: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` rows for each query: (scores [nq, k'], ids). ``rescore=R`` fetches R candidates and
+        re-scores them exactly from the stored vectors (needs ``vectors.npy``)."""
+        queries = _as_f32(queries)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise IndexMismatchError(f"query vectors have dim {queries.shape[-1]}, index has {self.dim}")
+        if threads:
+            faiss.omp_set_num_threads(int(threads))
+        k_eff = min(k, len(self.docids))
+        if k_eff <= 0:
+            return np.zeros((len(queries), 0), np.float32), [[] for _ in queries]
+        fetch = max(k_eff, min(rescore or 0, len(self.docids)))
+        scores, rows = self.index.search(queries, fetch)
+        if rescore:
+            scores, rows = self._rescore(queries, rows, k_eff)
+        else:
+            scores, rows = scores[:, :k_eff], rows[:, :k_eff]
+        ids = [[self.docids[r] for r in row if r >= 0] for row in rows]
+        return scores, ids
+
+    def _rescore(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.vectors is None:
+            raise ArtifactError("re-scoring needs stored vectors: build the index with store_vectors (--store-vectors)")
+        out_s = np.full((len(queries), k), -np.inf, np.float32)
+        out_r = np.full((len(queries), k), -1, np.int64)
+        for i, (q, cand) in enumerate(zip(queries, rows)):
+            cand = cand[cand >= 0]
+            vecs = np.asarray(self.vectors[cand], dtype=np.float32)
+            s = vecs @ q if self.meta.get("metric", "ip") == "ip" else -((vecs - q) ** 2).sum(1)
+            order = np.argsort(-s, kind="stable")[:k]
+            out_s[i, : len(order)] = s[order]
+            out_r[i, : len(order)] = cand[order]
+        return out_s, out_r
+
+    # ---------- persistence ----------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            with open(tmp / IDS_FILE, "w", encoding="utf-8") as fh:
+                json.dump(self.docids, fh, ensure_ascii=False)
+            if self.vectors is not None:
+                np.save(tmp / VECTORS_FILE, np.asarray(self.vectors, dtype=np.float32))
+            meta = dict(self.meta, count=len(self.docids), has_vectors=self.vectors is not None)
+            with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+                json.dump(meta, fh, indent=2)
+        log.info("saved %s index of %d docs to %s", self.meta.get("factory"), len(self), directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, mmap: bool = False, use_gpu: bool | None = None) -> "FaissIndex":
+        directory = Path(directory)
+        for name in (INDEX_FILE, IDS_FILE, META_FILE):
+            if not (directory / name).exists():
+                raise ArtifactError(f"{directory}: not an index directory (missing {name})")
+        meta = read_json(directory / META_FILE)
+        docids = read_json(directory / IDS_FILE)
+        if not isinstance(docids, list):
+            raise ArtifactError(f"{directory / IDS_FILE}: expected a JSON list of ids")
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            index = faiss.read_index(str(directory / INDEX_FILE), flags)
+        except RuntimeError as e:
+            if not mmap:
+                raise ArtifactError(f"{directory / INDEX_FILE}: cannot read FAISS index ({str(e).splitlines()[0]})") from None
+            log.info("this index type cannot be memory-mapped by FAISS; reading it into RAM")
+            index = faiss.read_index(str(directory / INDEX_FILE))
+        if index.ntotal != len(docids):
+            raise ArtifactError(f"{directory}: index holds {index.ntotal} vectors but {IDS_FILE} lists {len(docids)} ids")
+        vectors = None
+        if (directory / VECTORS_FILE).exists():
+            vectors = np.load(directory / VECTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if _want_gpu(use_gpu) and not meta.get("factory", "").startswith("HNSW"):
+            index = _to_gpu(index)
+        out = cls(index=index, docids=docids, meta=meta, vectors=vectors)
+        params = meta.get("params", {})
+        out.set_search_params(ef_search=params.get("ef_search"), nprobe=params.get("nprobe"))
+        return out
+
+    def check_encoder(self, expected: dict[str, Any], keys: Sequence[str]) -> None:
+        """Fail with one clear line when the querying encoder disagrees with the one that built the index."""
+        built = self.meta.get("encoder") or {}
+        for key in keys:
+            if key in built and key in expected and built[key] != expected[key]:
+                raise IndexMismatchError(
+                    f"index was built with {key}={built[key]!r} but the query encoder has {key}={expected[key]!r}")
+
+
+def _want_gpu(use_gpu: bool | None) -> bool:
+    if use_gpu is False:
+        return False
+    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu and n == 0:
+        log.warning("GPU requested but FAISS sees none; using CPU")
+    return n > 0
+
+
+def _to_gpu(index: Any) -> Any:
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except Exception as e:  # an index type without a GPU implementation
+        log.info("keeping index on CPU (%s)", e)
+        return index

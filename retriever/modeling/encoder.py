@@ -1,0 +1,268 @@
+"""``Encoder``: a Hugging Face encoder + pooling + optional L2 normalisation, the one forward that both
+training and search run, so what is evaluated is what was trained.
+
+Settings (pooling, normalisation, max lengths, prompts) are read from a sentence-transformers directory
+when present (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``,
+``config_sentence_transformers.json``) or from retr's own ``retr_encoder.json``; ``save`` writes all of
+them, so a saved encoder loads in transformers (``AutoModel``), sentence-transformers and retr alike.
+
+Encoding tokenizes everything once (fast tokenizer), sorts by *token* length so each batch pads to
+nearly nothing, runs under ``torch.inference_mode`` (fp16 autocast on CUDA) and returns float32 numpy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .resolve import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+RETR_CONFIG = "retr_encoder.json"
+POOLINGS = ("mean", "cls", "last")
+
+
+@dataclass
+class EncoderConfig:
+    """How texts become vectors. ``None`` lengths resolve to the model's sentence-transformers
+    ``max_seq_length`` (else the tokenizer's limit, at most 512)."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+    title_sep: str = " "
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+
+
+def read_encoder_config(model_dir: Path) -> dict[str, Any]:
+    """Settings stored beside a model (retr's own file first, then sentence-transformers' files)."""
+    out: dict[str, Any] = {}
+    st_cfg = model_dir / "sentence_bert_config.json"
+    if st_cfg.exists():
+        length = json.loads(st_cfg.read_text()).get("max_seq_length")
+        if length:
+            out["query_max_length"] = out["passage_max_length"] = int(length)
+    pool_cfg = model_dir / "1_Pooling" / "config.json"
+    if pool_cfg.exists():
+        p = json.loads(pool_cfg.read_text())
+        if p.get("pooling_mode_cls_token"):
+            out["pooling"] = "cls"
+        elif p.get("pooling_mode_lasttoken"):
+            out["pooling"] = "last"
+        elif p.get("pooling_mode_mean_tokens"):
+            out["pooling"] = "mean"
+    modules = model_dir / "modules.json"
+    if modules.exists():
+        types = [m.get("type", "") for m in json.loads(modules.read_text())]
+        out["normalize"] = any(t.endswith("Normalize") for t in types)
+    prompts_cfg = model_dir / "config_sentence_transformers.json"
+    if prompts_cfg.exists():
+        prompts = json.loads(prompts_cfg.read_text()).get("prompts") or {}
+        if prompts.get("query"):
+            out["query_prefix"] = prompts["query"]
+        for key in ("document", "passage", "corpus"):
+            if prompts.get(key):
+                out["passage_prefix"] = prompts[key]
+                break
+    own = model_dir / RETR_CONFIG
+    if own.exists():
+        out.update({k: v for k, v in json.loads(own.read_text()).items() if k in {f.name for f in fields(EncoderConfig)}})
+    return out
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "last":  # last non-padding token (right padding)
+        last = mask.sum(1).long() - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class Encoder(nn.Module):
+    """One tower: ``encode(texts) -> np.ndarray`` for search, ``forward(**batch) -> Tensor`` for training."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, config: EncoderConfig | None = None, name: str = ""):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or EncoderConfig()
+        self.name = name or getattr(model.config, "_name_or_path", "") or "model"
+        self.train(model.training)
+        self.precision = "auto"  # inference autocast: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+        limit = getattr(tokenizer, "model_max_length", 512) or 512
+        limit = min(int(limit), int(getattr(model.config, "max_position_embeddings", 512) or 512), 512)
+        if self.config.query_max_length is None:
+            self.config.query_max_length = limit
+        if self.config.passage_max_length is None:
+            self.config.passage_max_length = limit
+
+    # ---------- loading / saving ----------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "Encoder":
+        """Load from a local directory, a hub id, or the alias ``minilm`` (the packaged all-MiniLM-L6-v2).
+        ``overrides`` (pooling, normalize, prefixes, max lengths) win over the stored settings."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model_path(str(name_or_path))
+        stored = read_encoder_config(Path(path)) if Path(path).is_dir() else {}
+        stored.update({k: v for k, v in overrides.items() if v is not None})
+        config = EncoderConfig(**stored)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+        model.eval()
+        return cls(model, tokenizer, config, name=str(name_or_path))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write an HF model directory that AutoModel, SentenceTransformer and retr all load."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        c = self.config
+        dim = self.dim
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if c.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            (directory / "2_Normalize").mkdir(exist_ok=True)
+        (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+        (directory / "1_Pooling").mkdir(exist_ok=True)
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": dim,
+            "pooling_mode_cls_token": c.pooling == "cls",
+            "pooling_mode_mean_tokens": c.pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": c.pooling == "last",
+            "include_prompt": True,
+        }, indent=2))
+        # sentence-transformers has one max_seq_length; queries use the same unless retr's config says otherwise
+        (directory / "sentence_bert_config.json").write_text(json.dumps(
+            {"max_seq_length": int(c.passage_max_length), "do_lower_case": False}, indent=2))
+        prompts = {}
+        if c.query_prefix:
+            prompts["query"] = c.query_prefix
+        if c.passage_prefix:
+            prompts["document"] = c.passage_prefix
+        (directory / "config_sentence_transformers.json").write_text(json.dumps(
+            {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine" if c.normalize else "dot"},
+            indent=2))
+        (directory / RETR_CONFIG).write_text(json.dumps(asdict(c), indent=2))
+
+    # ---------- identity ----------
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def fingerprint(self) -> str:
+        """sha256 over parameter bytes and settings: changes whenever the weights or settings do."""
+        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for name, p in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+                     if p.dtype != torch.bool else p.cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that must agree between the model that built an index and the one that queries it."""
+        return {"model": self.name, "dim": self.dim, **asdict(self.config)}
+
+    # ---------- forward ----------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        emb = pool(out.last_hidden_state, attention_mask, self.config.pooling)
+        if self.config.normalize:
+            emb = nn.functional.normalize(emb, p=2, dim=-1)
+        return emb
+
+    def tokenize(self, texts: Sequence[str], is_query: bool, padding: bool | str = True) -> dict[str, torch.Tensor]:
+        """Prefix, truncate and pad a list of texts into model inputs (used by training collators)."""
+        prefix = self.config.query_prefix if is_query else self.config.passage_prefix
+        max_len = self.config.query_max_length if is_query else self.config.passage_max_length
+        texts = [prefix + t for t in texts] if prefix else list(texts)
+        return self.tokenizer(texts, padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
+
+    # ---------- inference ----------
+    def encode(self, texts: Sequence[str], is_query: bool = False, batch_size: int = 64,
+               show_progress: bool = False, desc: str | None = None) -> np.ndarray:
+        """Embed texts as float32 [n, dim], in input order."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        prefix = self.config.query_prefix if is_query else self.config.passage_prefix
+        max_len = self.config.query_max_length if is_query else self.config.passage_max_length
+        texts = [prefix + t for t in texts] if prefix else list(texts)
+        ids = self.tokenizer(texts, truncation=True, max_length=max_len, padding=False,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        pad_id = self.tokenizer.pad_token_id or 0
+        device = self.device
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(texts), desc=desc or ("queries" if is_query else "passages"), unit="text")
+        autocast = _autocast(device, self.precision)
+        try:
+            with torch.inference_mode(), autocast:
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    width = len(ids[rows[0]])
+                    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+                    mask = np.zeros((len(rows), width), dtype=np.int64)
+                    for j, r in enumerate(rows):
+                        seq = ids[r]
+                        input_ids[j, : len(seq)] = seq
+                        mask[j, : len(seq)] = 1
+                    emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
+                    out[rows] = emb.float().cpu().numpy()
+                    if bar is not None:
+                        bar.update(len(rows))
+        finally:
+            if bar is not None:
+                bar.close()
+            self.train(was_training)
+        return out
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return _null_ctx()
+    if precision not in ("fp16", "bf16"):
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+class _null_ctx:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

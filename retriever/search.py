@@ -1,0 +1,112 @@
+"""Retrievers shaped like pyserini's searchers: ``search(q, k)`` and ``batch_search(queries, qids, k, threads)``
+return ``Hit(docid, score, rank)`` lists. ``DenseRetriever`` encodes with a ``DualEncoder`` and searches a
+``FaissIndex``; the index directory remembers what built it and refuses a model that disagrees.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from retr.indexing.faiss_index import FaissIndex, IndexMismatchError, IndexSpec
+
+from .data.beir import Corpus
+from .hits import Hit, Run, hits_from_scores
+from .modeling.dual_encoder import DualEncoder
+
+log = logging.getLogger(__name__)
+
+# settings of the passage side that must agree between the index and the querying model
+_MUST_AGREE = ("dim", "pooling", "normalize", "passage_prefix", "passage_max_length", "passage_fingerprint")
+
+
+class Retriever(Protocol):
+    def search(self, query: str, k: int = 10) -> list[Hit]: ...
+
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10,
+                     threads: int = 1) -> Run: ...
+
+
+class DenseRetriever:
+    """Dense first stage: ``DenseRetriever.load(index_dir).search("text", k=10)``."""
+
+    def __init__(self, encoder: DualEncoder, index: FaissIndex, batch_size: int = 64, show_progress: bool = True):
+        self.encoder = encoder
+        self.index = index
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+
+    # ---------- construction ----------
+    @classmethod
+    def build(cls, encoder: DualEncoder, corpus: Corpus, index_dir: str | os.PathLike | None = None,
+              spec: IndexSpec | None = None, batch_size: int = 64, show_progress: bool = True) -> "DenseRetriever":
+        """Encode ``corpus`` and index it (saved atomically to ``index_dir`` when given)."""
+        t0 = time.perf_counter()
+        vectors = encoder.encode_passages(corpus.passages(encoder.passage_tower.config.title_sep),
+                                          batch_size=batch_size, show_progress=show_progress)
+        encode_s = time.perf_counter() - t0
+        log.info("encoded %d passages in %.1fs (%.0f docs/s)", len(corpus), encode_s, len(corpus) / max(encode_s, 1e-9))
+        index = FaissIndex.build(vectors, corpus.ids, spec, meta=index_meta(encoder, corpus, encode_s))
+        if index_dir is not None:
+            index.save(index_dir)
+        return cls(encoder, index, batch_size=batch_size, show_progress=show_progress)
+
+    @classmethod
+    def load(cls, index_dir: str | os.PathLike, model: str | DualEncoder | None = None, mmap: bool = False,
+             batch_size: int = 64, show_progress: bool = True, **encoder_overrides: Any) -> "DenseRetriever":
+        """Open an index directory; the model defaults to the one recorded in its ``meta.json``."""
+        index = FaissIndex.load(index_dir, mmap=mmap)
+        built = index.meta.get("encoder") or {}
+        if model is None:
+            model = built.get("model_path") or built.get("model")
+            if not model:
+                raise IndexMismatchError(f"{index_dir}: meta.json names no model; pass one (--model)")
+            encoder_overrides = {**{k: built[k] for k in ("pooling", "normalize", "query_prefix", "passage_prefix",
+                                                         "query_max_length", "passage_max_length") if k in built},
+                                 **encoder_overrides}
+        if not isinstance(model, DualEncoder):
+            model = DualEncoder.from_pretrained(model, **encoder_overrides)
+        index.check_encoder(encoder_identity(model), _MUST_AGREE)
+        return cls(model, index, batch_size=batch_size, show_progress=show_progress)
+
+    # ---------- search ----------
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return self.batch_search([query], ["q"], k=k)["q"]
+
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1,
+                     rescore: int | None = None) -> Run:
+        if len(queries) != len(qids):
+            raise ValueError(f"{len(queries)} queries but {len(qids)} qids")
+        qvecs = self.encoder.encode_queries(list(queries), batch_size=self.batch_size,
+                                            show_progress=self.show_progress and len(queries) > self.batch_size)
+        return self.search_vectors(qvecs, qids, k, threads=threads, rescore=rescore)
+
+    def search_vectors(self, qvecs: np.ndarray, qids: Sequence[str], k: int, threads: int | None = None,
+                       rescore: int | None = None) -> Run:
+        scores, ids = self.index.search(qvecs, k, rescore=rescore, threads=threads)
+        return {qid: hits_from_scores(row_ids, row_scores) for qid, row_ids, row_scores in zip(qids, ids, scores)}
+
+
+def encoder_identity(encoder: DualEncoder) -> dict[str, Any]:
+    d = encoder.describe()
+    d["passage_fingerprint"] = encoder.passage_tower.fingerprint()
+    return d
+
+
+def index_meta(encoder: DualEncoder, corpus: Corpus, encode_seconds: float | None = None) -> dict[str, Any]:
+    from retr.indexing.versions import retr_version
+
+    enc = encoder_identity(encoder)
+    name = encoder.name
+    if Path(name).is_dir():
+        enc["model_path"] = str(Path(name).resolve())
+    return {
+        "encoder": enc,
+        "corpus": {"path": corpus.path, "fingerprint": corpus.fingerprint, "count": len(corpus)},
+        "encode_seconds": None if encode_seconds is None else round(encode_seconds, 2),
+        "retr_version": retr_version(),
+    }
