@@ -45,7 +45,10 @@ def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     root = logging.getLogger()
     if not any(isinstance(h, RichHandler) for h in root.handlers):
-        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="[%X]")
+        from rich.console import Console
+
+        handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False,
+                              log_time_format="[%X]")
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("retr").setLevel(level)
@@ -54,6 +57,7 @@ def setup_logging(verbose: bool = False) -> None:
     try:
         import transformers
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     except Exception:
         pass
 

@@ -32,3 +32,13 @@ def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
         raise ValueError("--model is required when no existing --index is given")
     encoder = model if isinstance(model, DualEncoder) else DualEncoder.from_pretrained(model, **encoder_overrides)
     return DenseRetriever.build(encoder, corpus, index_dir=index_dir, batch_size=batch_size)
+
+
+def first_stage(name: str, corpus: Corpus, index_dir: str | os.PathLike | None = None, batch_size: int = 64,
+                **options: Any):
+    """``bm25`` (pyserini Lucene) or a dense model name -> a retriever over ``corpus``."""
+    if name.lower() == "bm25":
+        from .bm25 import BM25Retriever
+
+        return BM25Retriever.for_corpus(corpus, index_dir=index_dir, **options)
+    return dense_retriever_for(corpus, model=name, index_dir=index_dir, batch_size=batch_size)

@@ -74,6 +74,20 @@ class DualEncoder(nn.Module):
     def encode_passages(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
         return self.passage_tower.encode(texts, is_query=False, **kw)
 
+    def forward(self, queries: dict[str, torch.Tensor] | None = None,
+                passages: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Training forward (one call, so DDP sees every tower used in a step): {"queries": [n, d], "passages": [m, d]}."""
+        out = {}
+        if queries is not None:
+            out["queries"] = self.query_encoder(**queries)
+        if passages is not None:
+            out["passages"] = self.passage_tower(**passages)
+        return out
+
+    def set_precision(self, precision: str) -> None:
+        self.query_encoder.precision = precision
+        self.passage_tower.precision = precision
+
     def forward_queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.query_encoder(**batch)
 

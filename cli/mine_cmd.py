@@ -1,0 +1,45 @@
+"""``retr mine``: hard negatives for a BEIR training split from a BM25 or dense teacher, as Tevatron JSONL."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+log = logging.getLogger("retr.cli")
+
+
+def mine_command(
+    data: common.Data,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Tevatron JSONL to write (query, positive_passages, "
+                                          "negative_passages).")],
+    split: Annotated[str, typer.Option("--split", help="Qrels split whose queries get negatives.")] = "train",
+    teacher: Annotated[str, typer.Option("--teacher", help="`bm25` (pyserini) or a dense model (directory, hub id, `minilm`).")] = "bm25",
+    index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Reuse/write the teacher's index here.")] = None,
+    range_min: Annotated[int, typer.Option("--range-min", help="First teacher rank eligible as a negative (skips likely "
+                                            "unjudged positives above it).")] = 30,
+    range_max: Annotated[int, typer.Option("--range-max", help="Last teacher rank eligible as a negative.")] = 100,
+    num_negatives: Annotated[int, typer.Option("--num-negatives", help="Negatives sampled from the window per query "
+                                                "(0 = the whole window).")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling within the window.")] = 0,
+    threads: common.Threads = 1,
+    batch_size: common.BatchSize = 64,
+    verbose: common.Verbose = False,
+) -> None:
+    """Mine hard negatives with a BM25 or dense teacher (rank window, never a judged positive)."""
+    common.setup_logging(verbose)
+    from retr.retriever.data.beir import load_beir
+    from retr.retriever.data.training import write_tevatron
+    from retr.retriever.mining import MiningConfig, mine_negatives
+    from retr.retriever.pipeline import first_stage
+
+    cfg = MiningConfig(range_min=range_min, range_max=range_max, num_negatives=num_negatives, seed=seed)
+    dataset = load_beir(data, split, allow_missing_docs=True)
+    retriever = first_stage(teacher, dataset.corpus, index_dir=index, batch_size=batch_size)
+    examples = mine_negatives(retriever, dataset, cfg, threads=threads)
+    write_tevatron(examples, output)
+    common.console().print(f"[green]wrote[/green] {output}: {len(examples)} queries, "
+                           f"{sum(len(e.negatives) for e in examples)} negatives (ranks {range_min}..{range_max})")

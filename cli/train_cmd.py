@@ -1,0 +1,143 @@
+"""``retr train``: train a dual encoder (supervised or Contriever-style unsupervised). Also runs under
+``torchrun --nproc-per-node N -m retr.cli.main train ...`` (DDP); ``--nproc N`` launches that for you."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import common
+
+log = logging.getLogger("retr.cli")
+
+Opt = typer.Option
+
+
+def train_command(
+    output: Annotated[Optional[Path], Opt("--output", "-o", help="Run directory: model/, checkpoints/, train_log.jsonl.")] = None,
+    config: Annotated[Optional[Path], Opt("--config", "-c", help="YAML/JSON file of TrainConfig options; flags override it.")] = None,
+    mode: Annotated[Optional[str], Opt("--mode", help="supervised (query, positive, hard negatives) | unsupervised "
+                                       "(Contriever crops) | reranker (cross-encoder).")] = None,
+    model: Annotated[Optional[str], Opt("--model", "-m", help="Starting model: directory, hub id or `minilm`.")] = None,
+    data: Annotated[Optional[list[Path]], Opt("--data", "-d", help="Training data (repeatable): BEIR folder (with "
+                                              "--split), Tevatron JSONL, or for unsupervised any corpus.jsonl/text file.")] = None,
+    split: Annotated[Optional[str], Opt("--split", help="Qrels split of a BEIR folder used for training.")] = None,
+    negatives: Annotated[Optional[Path], Opt("--negatives", help="Mined negatives (Tevatron JSONL from `retr mine`).")] = None,
+    train_negatives: Annotated[Optional[int], Opt("--train-negatives", help="Hard negatives per query in each batch.")] = None,
+    separate_towers: Annotated[Optional[bool], Opt("--separate-towers/--shared-towers", help="Separate query and "
+                                                   "passage encoders (both start from --model).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], Opt("--epochs", help="Passes over the training data.")] = None,
+    max_steps: Annotated[Optional[int], Opt("--max-steps", help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Queries per step, over all ranks (the "
+                                             "contrastive batch).")] = None,
+    lr: Annotated[Optional[float], Opt("--lr", help="Peak learning rate (AdamW).")] = None,
+    weight_decay: Annotated[Optional[float], Opt("--weight-decay", help="AdamW weight decay.")] = None,
+    warmup_ratio: Annotated[Optional[float], Opt("--warmup-ratio", help="Fraction of steps of linear warmup.")] = None,
+    max_grad_norm: Annotated[Optional[float], Opt("--max-grad-norm", help="Gradient clipping norm (0 = off).")] = None,
+    temperature: Annotated[Optional[float], Opt("--temperature", help="Softmax temperature of the contrastive loss.")] = None,
+    learnable_temperature: Annotated[Optional[bool], Opt("--learnable-temperature", help="Learn the temperature.")] = None,
+    symmetric: Annotated[Optional[bool], Opt("--symmetric", help="Add the passage-to-query InfoNCE direction.")] = None,
+    similarity: Annotated[Optional[str], Opt("--similarity", help="dot or cos.")] = None,
+    moco: Annotated[Optional[bool], Opt("--moco/--in-batch", help="Unsupervised: MoCo queue + momentum key encoder, "
+                                        "or in-batch negatives only.", show_default=False)] = None,
+    queue_size: Annotated[Optional[int], Opt("--queue-size", help="MoCo queue length (keys).")] = None,
+    momentum: Annotated[Optional[float], Opt("--momentum", help="MoCo key-encoder momentum.")] = None,
+    chunk_length: Annotated[Optional[int], Opt("--chunk-length", help="Unsupervised: tokens per corpus chunk.")] = None,
+    ratio_min: Annotated[Optional[float], Opt("--ratio-min", help="Unsupervised: min crop length / chunk length.")] = None,
+    ratio_max: Annotated[Optional[float], Opt("--ratio-max", help="Unsupervised: max crop length / chunk length.")] = None,
+    deletion_prob: Annotated[Optional[float], Opt("--deletion-prob", help="Unsupervised: per-token deletion probability.")] = None,
+    grad_cache: Annotated[Optional[bool], Opt("--grad-cache", help="GradCache: any batch size in the memory of one chunk.")] = None,
+    gc_query_chunk: Annotated[Optional[int], Opt("--gc-query-chunk", help="GradCache: queries per chunk.")] = None,
+    gc_passage_chunk: Annotated[Optional[int], Opt("--gc-passage-chunk", help="GradCache: passages per chunk.")] = None,
+    precision: Annotated[Optional[str], Opt("--precision", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.")] = None,
+    seed: Annotated[Optional[int], Opt("--seed", help="Seed for data order, crops, negatives and init.")] = None,
+    save_steps: Annotated[Optional[int], Opt("--save-steps", help="Checkpoint every N steps (atomically).")] = None,
+    logging_steps: Annotated[Optional[int], Opt("--logging-steps", help="Log loss, lr, examples/s every N steps.")] = None,
+    eval_data: Annotated[Optional[Path], Opt("--eval-data", help="BEIR folder evaluated (nDCG@10) during/after training.")] = None,
+    eval_split: Annotated[Optional[str], Opt("--eval-split", help="Split of --eval-data.")] = None,
+    eval_steps: Annotated[Optional[int], Opt("--eval-steps", help="Evaluate every N steps (default: at the end).")] = None,
+    report_to: Annotated[Optional[list[str]], Opt("--report-to", help="Also log to: tensorboard.")] = None,
+    resume: Annotated[Optional[bool], Opt("--resume", help="Continue from the latest checkpoint in --output.")] = None,
+    nproc: Annotated[int, Opt("--nproc", help="Launch this many DDP processes with torchrun.")] = 1,
+    query_max_length: common.QueryMaxLen = None,
+    passage_max_length: common.PassageMaxLen = None,
+    pooling: common.Pooling = None,
+    query_prefix: common.QueryPrefix = None,
+    passage_prefix: common.PassagePrefix = None,
+    verbose: common.Verbose = False,
+) -> None:
+    """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        raise typer.Exit(_launch_torchrun(nproc))
+    common.setup_logging(verbose)
+    from retr.retriever.training.arguments import TrainConfig
+    from retr.retriever.training.distributed import init_distributed
+
+    flags = dict(output_dir=str(output) if output else None, mode=mode, model=model,
+                 train_data=[str(d) for d in data] if data else None, train_split=split,
+                 negatives_file=str(negatives) if negatives else None, train_negatives=train_negatives,
+                 separate_towers=separate_towers, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
+                 temperature=temperature, learnable_temperature=learnable_temperature, symmetric=symmetric,
+                 similarity=similarity, moco=moco, queue_size=queue_size, momentum=momentum, chunk_length=chunk_length,
+                 ratio_min=ratio_min, ratio_max=ratio_max, deletion_prob=deletion_prob, grad_cache=grad_cache,
+                 gc_query_chunk=gc_query_chunk, gc_passage_chunk=gc_passage_chunk, precision=precision, seed=seed,
+                 save_steps=save_steps, logging_steps=logging_steps, eval_data=str(eval_data) if eval_data else None,
+                 eval_split=eval_split, eval_steps=eval_steps, report_to=report_to, resume=resume,
+                 query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
+                 query_prefix=query_prefix, passage_prefix=passage_prefix)
+    flags = {k: v for k, v in flags.items() if v is not None}
+    cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
+    if output is None and config is None:
+        raise typer.BadParameter("--output is required")
+    dist = init_distributed()
+    if cfg.mode == "reranker":
+        from retr.retriever.training.rerank_driver import train_reranker
+
+        summary = train_reranker(cfg, dist)
+    else:
+        from retr.retriever.training.driver import build_trainer
+
+        eval_fn = _eval_fn(cfg) if cfg.eval_data else None
+        summary = build_trainer(cfg, dist, eval_fn=eval_fn).train()
+    if dist.is_main:
+        common.console().print(f"[green]done[/green]: {summary['steps']} steps in {summary['train_seconds']}s; "
+                               f"model saved to {Path(cfg.output_dir) / 'model'}"
+                               + (f"; eval {summary['eval']}" if summary.get("eval") else ""))
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun (single node, loopback rendezvous) without --nproc."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+           f"--master-port={os.environ.get('MASTER_PORT', '29533')}", "-m", "retr.cli.main", *args]
+    log.info("launching: %s", " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def _eval_fn(cfg):
+    """nDCG@10 etc. of the model being trained on --eval-data (floor 3 code, injected into the trainer)."""
+    from retr.evaluation.evaluate import evaluate
+    from retr.retriever.data.beir import load_beir
+    from retr.retriever.search import DenseRetriever
+
+    dataset = load_beir(cfg.eval_data, cfg.eval_split, allow_missing_docs=True)
+
+    def run(model):
+        result = evaluate(DenseRetriever.build(model, dataset.corpus, show_progress=False), dataset,
+                          k=100, metrics=("nDCG@10", "Recall@100"))
+        return result.metrics
+
+    return run

@@ -1,0 +1,111 @@
+"""Supervised training examples: (query, positives, hard negatives).
+
+Two sources: a BEIR folder + qrels split (positives = judged documents with grade > 0; negatives from a
+mined file), or Tevatron-style JSONL, one example per line::
+
+    {"query_id": "1", "query": "...", "positive_passages": [{"docid": "d1", "title": "", "text": "..."}],
+     "negative_passages": [{"docid": "d9", "title": "", "text": "..."}, ...]}
+
+which is also what ``retr mine`` writes. Validation errors name the file, line and field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from retr.indexing.atomic import atomic_file
+
+from .beir import BeirDataset, join_title_text
+from .errors import DataError
+
+
+@dataclass
+class Passage:
+    docid: str
+    title: str
+    text: str
+
+    def joined(self, sep: str = " ") -> str:
+        return join_title_text(self.title, self.text, sep)
+
+
+@dataclass
+class TrainExample:
+    query_id: str
+    query: str
+    positives: list[Passage]
+    negatives: list[Passage] = field(default_factory=list)
+
+    def to_tevatron(self) -> dict:
+        return {"query_id": self.query_id, "query": self.query,
+                "positive_passages": [p.__dict__ for p in self.positives],
+                "negative_passages": [p.__dict__ for p in self.negatives]}
+
+
+def examples_from_beir(dataset: BeirDataset, negatives: dict[str, list[str]] | None = None) -> list[TrainExample]:
+    """One example per judged query of the split, positives = documents with grade > 0."""
+    corpus = dataset.corpus
+    out = []
+    for qid, judged in dataset.qrels.items():
+        pos = [d for d, g in judged.items() if g > 0 and d in corpus]
+        if not pos or qid not in dataset.queries:
+            continue
+        negs = [d for d in (negatives or {}).get(qid, []) if d in corpus and d not in judged]
+        out.append(TrainExample(qid, dataset.queries[qid], [_passage(corpus, d) for d in pos],
+                                [_passage(corpus, d) for d in negs]))
+    return out
+
+
+def _passage(corpus, docid: str) -> Passage:
+    i = corpus.index_of(docid)
+    return Passage(docid, corpus.titles[i], corpus.texts[i])
+
+
+def _passages(obj, path: Path, line_no: int, key: str) -> list[Passage]:
+    items = obj.get(key, [])
+    if not isinstance(items, list):
+        raise DataError(path, line_no, f'field "{key}" must be a list')
+    out = []
+    for j, p in enumerate(items):
+        if isinstance(p, str):
+            out.append(Passage("", "", p))
+            continue
+        if not isinstance(p, dict) or not isinstance(p.get("text"), str):
+            raise DataError(path, line_no, f'field "{key}[{j}].text" missing or not a string')
+        out.append(Passage(str(p.get("docid", "")), str(p.get("title") or ""), p["text"]))
+    return out
+
+
+def read_tevatron(path: str | Path) -> list[TrainExample]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "training file not found")
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, line_no, f"malformed JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(path, line_no, "expected a JSON object")
+            if not isinstance(obj.get("query"), str):
+                raise DataError(path, line_no, 'missing field "query"')
+            pos = _passages(obj, path, line_no, "positive_passages")
+            if not pos:
+                raise DataError(path, line_no, 'field "positive_passages" is empty')
+            out.append(TrainExample(str(obj.get("query_id", line_no)), obj["query"], pos,
+                                    _passages(obj, path, line_no, "negative_passages")))
+    if not out:
+        raise DataError(path, None, "no training examples")
+    return out
+
+
+def write_tevatron(examples: Iterable[TrainExample], path: str | Path) -> None:
+    with atomic_file(path) as fh:
+        for ex in examples:
+            fh.write(json.dumps(ex.to_tevatron(), ensure_ascii=False) + "\n")

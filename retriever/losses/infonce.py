@@ -1,0 +1,53 @@
+"""InfoNCE over in-batch negatives plus any number of hard negatives per query (DPR / Tevatron / Contriever).
+
+Passages come grouped per query: ``p[i*G]`` is query i's positive and ``p[i*G+1 : (i+1)*G]`` its hard
+negatives (G = 1 + negatives per query); every other passage in the batch is a negative too. Scores are
+``sim(q, p) / temperature`` with ``sim`` the dot product or the cosine. ``symmetric`` adds the
+passage-to-query direction over the positives (as in CLIP / E5 pre-training).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class InfoNCELoss(nn.Module):
+    def __init__(self, temperature: float = 0.05, learnable_temperature: bool = False, symmetric: bool = False,
+                 similarity: str = "dot"):
+        super().__init__()
+        if similarity not in ("dot", "cos"):
+            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale, persistent=False)
+        self.symmetric = symmetric
+        self.similarity = similarity
+
+    @property
+    def temperature(self) -> float:
+        return float(torch.exp(-self.log_scale.detach()))
+
+    def scores(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        if self.similarity == "cos":
+            q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
+        return q @ p.T * self.log_scale.exp().clamp(max=100.0)
+
+    def forward(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        if p.size(0) % q.size(0):
+            raise ValueError(f"{p.size(0)} passages is not a multiple of {q.size(0)} queries")
+        group = p.size(0) // q.size(0)
+        scores = self.scores(q.float(), p.float())
+        target = torch.arange(q.size(0), device=q.device) * group
+        loss = F.cross_entropy(scores, target)
+        if self.symmetric:
+            pos = p[::group]
+            back = self.scores(pos.float(), q.float())
+            loss = (loss + F.cross_entropy(back, torch.arange(q.size(0), device=q.device))) / 2
+        return loss

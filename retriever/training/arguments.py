@@ -1,0 +1,100 @@
+"""Training configuration: one dataclass, built by the CLI from flags or a YAML/JSON file, saved beside the run."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "out/train"
+    mode: str = "supervised"  # supervised | unsupervised | reranker
+    # model
+    model: str = "minilm"  # directory, hub id or `minilm`
+    separate_towers: bool = False
+    pooling: str | None = None
+    normalize: bool | None = None
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+    # data
+    train_data: list[str] = field(default_factory=list)  # BEIR folders / Tevatron JSONL / text files
+    train_split: str = "train"
+    negatives_file: str | None = None  # Tevatron JSONL from `retr mine` (supervised, BEIR input)
+    train_negatives: int = 1  # hard negatives per query (supervised)
+    eval_data: str | None = None  # BEIR folder evaluated every eval_steps
+    eval_split: str = "test"
+    # Contriever crops (unsupervised)
+    chunk_length: int = 256
+    ratio_min: float = 0.1
+    ratio_max: float = 0.5
+    deletion_prob: float = 0.1
+    # optimisation
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 32  # global contrastive batch (queries per step, summed over ranks)
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    seed: int = 42
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    # loss
+    temperature: float = 0.05
+    learnable_temperature: bool = False
+    symmetric: bool = False
+    similarity: str = "dot"  # dot | cos
+    # MoCo (unsupervised)
+    moco: bool = True
+    queue_size: int = 131072
+    momentum: float = 0.9995
+    # GradCache
+    grad_cache: bool = False
+    gc_query_chunk: int = 32
+    gc_passage_chunk: int = 32
+    # checkpoints & logging
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    eval_steps: int | None = None
+    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("supervised", "unsupervised", "reranker"):
+            raise ValueError(f"mode must be supervised, unsupervised or reranker, got {self.mode!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be >= 1")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Read YAML or JSON; unknown keys are an error naming the file and key."""
+        from retr.retriever.data.errors import DataError
+
+        path = Path(path)
+        if not path.exists():
+            raise DataError(path, None, "config file not found")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise DataError(path, None, "config must be a mapping of option names to values")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise DataError(path, None, f"unknown option {key!r}")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)

@@ -1,0 +1,105 @@
+"""Checkpoints without pickle: model as a Hugging Face safetensors directory, every other tensor (optimizer
+moments, task state such as the MoCo queue and key encoder, RNG states) in safetensors, scalars in JSON.
+Each checkpoint directory is written atomically (temp dir, then rename), so the latest complete one is
+always loadable and a killed run loses at most ``save_steps`` steps."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from retr.indexing.atomic import ArtifactError, atomic_dir, read_json
+
+log = logging.getLogger(__name__)
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for name, value in meta.get("scalars", {}).items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda{i}"] = s
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(root: Path, step: int, model, task: torch.nn.Module, optimizer, state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    final = root / f"step-{step}"
+    with atomic_dir(final) as tmp:
+        model.save(tmp / "model")
+        task_state = {k: v.detach().cpu().contiguous().clone() for k, v in task.state_dict().items()}
+        save_file(task_state, str(tmp / "task.safetensors"))
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(rng_tensors(), str(tmp / "rng.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint saved: %s", final)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.exists():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer) -> dict[str, Any]:
+    """Restore model, task, optimizer and RNG in place; return the trainer state (step, epoch, ...)."""
+    from ..modeling.dual_encoder import DualEncoder
+
+    for name in ("model", "task.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"):
+        if not (path / name).exists():
+            raise ArtifactError(f"{path}: incomplete checkpoint (missing {name})")
+    saved = DualEncoder.from_pretrained(path / "model")
+    model.load_state_dict(saved.state_dict())
+    task_state = load_file(str(path / "task.safetensors"))
+    missing, unexpected = task.load_state_dict(task_state, strict=False)
+    if unexpected:
+        raise ArtifactError(f"{path}/task.safetensors: unexpected entries {unexpected[:3]} (different training mode?)")
+    state = read_json(path / "trainer_state.json")
+    optimizer_from_flat(optimizer, load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
+    restore_rng(load_file(str(path / "rng.safetensors")))
+    return state

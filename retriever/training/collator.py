@@ -1,0 +1,73 @@
+"""Turn training examples into model inputs. Positive and negatives are picked per (seed, epoch, example),
+so an epoch is reproducible and a resumed run sees the same batches."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data.training import TrainExample
+from ..modeling.dual_encoder import DualEncoder
+
+
+class SupervisedCollator:
+    """Queries [B] and passages [B * (1 + n_negatives)], each query's positive first in its group.
+    Examples with fewer hard negatives than asked for are topped up with other examples' positives
+    (random negatives), as Tevatron does with its random fallback."""
+
+    def __init__(self, model: DualEncoder, examples: Sequence[TrainExample], n_negatives: int = 1, seed: int = 0):
+        self.model, self.examples, self.n_negatives, self.seed = model, examples, n_negatives, seed
+        self.sep = model.passage_tower.config.title_sep
+
+    def group(self, i: int, epoch: int) -> tuple[str, list[str]]:
+        ex = self.examples[i]
+        rng = np.random.default_rng([self.seed, epoch, i])
+        pos = ex.positives[int(rng.integers(len(ex.positives)))]
+        texts = [pos.joined(self.sep)]
+        n = self.n_negatives
+        if n:
+            negs = ex.negatives
+            if len(negs) >= n:
+                picked = [negs[j] for j in rng.choice(len(negs), n, replace=False)]
+            else:
+                picked = list(negs)
+                known = {p.docid for p in ex.positives}
+                while len(picked) < n:
+                    other = self.examples[int(rng.integers(len(self.examples)))]
+                    cand = other.positives[0]
+                    if cand.docid not in known:
+                        picked.append(cand)
+            texts += [p.joined(self.sep) for p in picked]
+        return ex.query, texts
+
+    def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
+        queries, passages = [], []
+        for i in indices:
+            q, ps = self.group(i, epoch)
+            queries.append(q)
+            passages.extend(ps)
+        return {"queries": dict(self.model.query_encoder.tokenize(queries, is_query=True)),
+                "passages": dict(self.model.passage_tower.tokenize(passages, is_query=False))}
+
+
+def pad_token_ids(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[j, : len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+class CropPairCollator:
+    """Contriever pairs: crop A as "queries", crop B as "passages" (the MoCo keys, or in-batch positives)."""
+
+    def __init__(self, pairs, pad_id: int):
+        self.pairs, self.pad_id = pairs, pad_id
+
+    def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
+        self.pairs.set_epoch(epoch)
+        a, b = zip(*(self.pairs[i] for i in indices))
+        return {"queries": pad_token_ids(a, self.pad_id), "passages": pad_token_ids(b, self.pad_id)}

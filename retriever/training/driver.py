@@ -1,0 +1,72 @@
+"""Wire a ``TrainConfig`` into a ``Trainer``: model, examples, task, sampler, collator. The CLI (`retr train`) and
+torchrun both come through here."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from ..data.beir import load_beir
+from ..data.contriever import ContrieverPairs, CropConfig, chunk_corpus, read_texts
+from ..data.training import TrainExample, examples_from_beir, read_tevatron
+from ..losses.infonce import InfoNCELoss
+from ..losses.moco import MoCoLoss
+from ..modeling.dual_encoder import DualEncoder
+from .arguments import TrainConfig
+from .collator import CropPairCollator, SupervisedCollator
+from .distributed import DistInfo
+from .samplers import BatchSampler, RandomBatchSampler
+from .tasks import InBatchTask, MoCoTask
+from .trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def load_model(cfg: TrainConfig) -> DualEncoder:
+    overrides = {k: getattr(cfg, k) for k in ("pooling", "normalize", "query_prefix", "passage_prefix",
+                                               "query_max_length", "passage_max_length") if getattr(cfg, k) is not None}
+    return DualEncoder.from_pretrained(cfg.model, separate=cfg.separate_towers, **overrides)
+
+
+def supervised_examples(cfg: TrainConfig) -> list[TrainExample]:
+    if not cfg.train_data:
+        raise ValueError("no training data: pass --data (BEIR folder or Tevatron JSONL)")
+    negatives = None
+    if cfg.negatives_file:
+        negatives = {ex.query_id: [p.docid for p in ex.negatives] for ex in read_tevatron(cfg.negatives_file)}
+    examples: list[TrainExample] = []
+    for path in map(Path, cfg.train_data):
+        if path.is_dir():
+            ds = load_beir(path, cfg.train_split, allow_missing_docs=True)
+            examples += examples_from_beir(ds, negatives)
+        else:
+            examples += read_tevatron(path)
+    with_negs = sum(1 for e in examples if e.negatives)
+    log.info("%d training queries (%d with hard negatives)", len(examples), with_negs)
+    return examples
+
+
+def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEncoder | None = None,
+                  eval_fn: Callable | None = None, sampler: BatchSampler | None = None) -> Trainer:
+    model = model or load_model(cfg)
+    if cfg.mode == "supervised":
+        examples = supervised_examples(cfg)
+        collate = SupervisedCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
+        task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
+        n = len(examples)
+    elif cfg.mode == "unsupervised":
+        crop = CropConfig(cfg.chunk_length, cfg.ratio_min, cfg.ratio_max, cfg.deletion_prob)
+        tok = model.query_encoder.tokenizer
+        chunks = chunk_corpus(read_texts(cfg.train_data), tok, crop)
+        log.info("%d chunks of up to %d tokens", len(chunks), crop.chunk_length)
+        pairs = ContrieverPairs(chunks, tok.cls_token_id, tok.sep_token_id, crop, seed=cfg.seed)
+        collate = CropPairCollator(pairs, tok.pad_token_id or 0)
+        if cfg.moco:
+            task = MoCoTask(MoCoLoss(model.dim, cfg.queue_size, cfg.temperature, cfg.similarity), model, cfg.momentum)
+        else:
+            task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
+        n = len(pairs)
+    else:
+        raise ValueError(f"mode {cfg.mode!r} is not a dual-encoder mode")
+    sampler = sampler or RandomBatchSampler(n, cfg.batch_size, seed=cfg.seed)
+    return Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)

@@ -1,0 +1,60 @@
+"""What one contrastive step computes, separated from how the trainer steps (plain or GradCache, one process
+or DDP). A task names the towers to encode (with grad), computes extra tensors without grad (MoCo keys), and
+turns gathered representations into a loss."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..losses.infonce import InfoNCELoss
+from ..losses.moco import MoCoLoss
+from ..modeling.dual_encoder import DualEncoder
+from ..modeling.momentum import MomentumEncoder
+
+
+class InBatchTask(nn.Module):
+    """Supervised (query, positive, hard negatives) or unsupervised crop pairs with in-batch negatives."""
+
+    def __init__(self, loss: InfoNCELoss):
+        super().__init__()
+        self.loss = loss
+
+    def towers(self, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        return {"queries": batch["queries"], "passages": batch["passages"]}
+
+    def extras(self, batch: dict[str, Any], model: DualEncoder, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    def compute_loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(reps["queries"], reps["passages"])
+
+    def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class MoCoTask(nn.Module):
+    """Contriever's MoCo: crop A through the online encoder, crop B through the momentum key encoder; the
+    key encoder is updated before keys are computed and the (gathered) keys are queued after the step."""
+
+    def __init__(self, loss: MoCoLoss, model: DualEncoder, momentum: float = 0.9995):
+        super().__init__()
+        if not model.shared:
+            raise ValueError("MoCo training needs shared towers (one encoder and its momentum copy)")
+        self.loss = loss
+        self.key_encoder = MomentumEncoder(model.query_encoder, momentum)
+
+    def towers(self, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        return {"queries": batch["queries"]}
+
+    def extras(self, batch: dict[str, Any], model: DualEncoder, device: torch.device) -> dict[str, torch.Tensor]:
+        self.key_encoder.update(model.query_encoder)
+        keys = self.key_encoder(**{k: v.to(device) for k, v in batch["passages"].items()})
+        return {"keys": keys.detach()}
+
+    def compute_loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(reps["queries"], extras["keys"])
+
+    def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
+        self.loss.enqueue(extras["keys"])

@@ -1,0 +1,261 @@
+"""The training loop: AdamW, linear warmup/decay, clipping, autocast (+ grad scaler for fp16 on CUDA), plain or
+GradCache steps, DDP with representations gathered across ranks, atomic checkpoints and exact resume.
+
+The trainer knows how to step; the task (``tasks.py``) knows what a step computes; the sampler which
+examples form a batch; the collator how they become tensors.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from retr.indexing.atomic import atomic_dir, write_json_atomic
+
+from ..modeling.dual_encoder import DualEncoder
+from .arguments import TrainConfig
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .distributed import DistInfo, barrier, gather_nograd, gather_with_grad
+from .grad_cache import cached_step
+from .samplers import BatchSampler, iterate, local_slice
+
+log = logging.getLogger(__name__)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+class Trainer:
+    def __init__(self, model: DualEncoder, task: nn.Module, collate: Callable[[list[int], int], dict[str, Any]],
+                 sampler: BatchSampler, config: TrainConfig, dist: DistInfo | None = None,
+                 eval_fn: Callable[[DualEncoder], dict[str, float]] | None = None):
+        self.model, self.task, self.collate, self.sampler, self.config = model, task, collate, sampler, config
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
+        self.eval_fn = eval_fn
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch size {config.batch_size} does not split over {self.dist.world_size} ranks")
+        model.to(self.device)
+        task.to(self.device)
+        self.ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=not model.shared)
+        decay, no_decay = [], []
+        for name, p in list(model.named_parameters()) + list(task.named_parameters()):
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.total_steps = config.max_steps or config.epochs * len(sampler)
+        warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
+        self.precision = config.precision
+        if self.precision == "auto":
+            self.precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
+        self.global_step, self.epoch, self.next_batch = 0, 0, 0
+        self._extras: dict[str, torch.Tensor] = {}
+        self.resumed_from: Path | None = None
+        self.output = Path(config.output_dir)
+
+    # ---------- one step ----------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _forward(self, name: str, inputs: dict[str, torch.Tensor], grad: bool) -> torch.Tensor:
+        module = self.ddp if (grad and self.ddp is not None) else self.model
+        with self._autocast():
+            return module(**{name: inputs})[name]
+
+    def _loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        gathered = {k: gather_with_grad(v, self.dist) for k, v in reps.items()}
+        self._extras = {k: gather_nograd(v, self.dist) for k, v in extras.items()}
+        return self.task.compute_loss(gathered, self._extras)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        # each rank's gather passes gradient only to its own slice and DDP averages over ranks: scale by world size
+        loss = loss * self.dist.world_size
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _sync_context(self, last: bool):
+        if self.ddp is None or last:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def compute_gradients(self, batch: dict[str, Any]) -> float:
+        """Forward and backward for one (local) batch; gradients are left in ``.grad``. Returns the loss."""
+        self.model.train()
+        self.task.train()
+        towers = {name: _to(inputs, self.device) for name, inputs in self.task.towers(batch).items()}
+        with torch.no_grad(), self._autocast():
+            extras = self.task.extras(batch, self.model, self.device)
+        if self.config.grad_cache:
+            sizes = {"queries": self.config.gc_query_chunk, "passages": self.config.gc_passage_chunk}
+            loss = cached_step(self._forward, {n: (inp, sizes[n]) for n, inp in towers.items()},
+                               lambda reps: self._loss(reps, extras), self.device, backward=self._backward,
+                               sync_context=self._sync_context)
+        else:
+            with self._autocast():
+                reps = (self.ddp or self.model)(**towers)
+            loss = self._loss(reps, extras)
+            self._backward(loss)
+        return float(loss.detach())
+
+    def optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.task.after_step({}, self._extras)
+
+    # ---------- checkpoints ----------
+    def _state(self) -> dict[str, Any]:
+        return {"global_step": self.global_step, "epoch": self.epoch, "next_batch": self.next_batch,
+                "scheduler": self.scheduler.state_dict(), "config": self.config.to_json(),
+                "world_size": self.dist.world_size,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.output / "checkpoints", self.global_step, self.model, self.task, self.optimizer,
+                            self._state(), keep=self.config.save_total_limit)
+        barrier(self.dist)
+
+    def resume(self) -> bool:
+        found = list_checkpoints(self.output / "checkpoints")
+        if not found:
+            log.info("no checkpoint under %s: starting from scratch", self.output / "checkpoints")
+            return False
+        state = load_checkpoint(found[-1], self.model, self.task, self.optimizer)
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise ValueError(f"{found[-1]}: saved with world size {state.get('world_size')}, "
+                             f"resuming with {self.dist.world_size}")
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.global_step, self.epoch, self.next_batch = state["global_step"], state["epoch"], state["next_batch"]
+        self.resumed_from = found[-1]
+        log.info("resumed from %s (step %d)", found[-1], self.global_step)
+        return True
+
+    # ---------- the loop ----------
+    def train(self) -> dict[str, Any]:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        if cfg.resume:
+            self.resume()
+        epochs = math.ceil(self.total_steps / len(self.sampler))
+        logger = _RunLogger(self.output, cfg.report_to) if self.dist.is_main else None
+        if self.dist.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.output / "train_config.json", cfg.to_json())
+        log.info("training %d steps (%d per epoch), batch %d%s%s", self.total_steps, len(self.sampler),
+                 cfg.batch_size, ", GradCache" if cfg.grad_cache else "",
+                 f", {self.dist.world_size} ranks" if self.dist.enabled else "")
+        t0, seen, losses, last_eval = time.perf_counter(), 0, [], {}
+        progress = _progress(self.total_steps, self.global_step, self.dist.is_main)
+        for epoch, b, batch in iterate(self.sampler, self.epoch, self.next_batch, epochs):
+            if self.global_step >= self.total_steps:
+                break
+            local = local_slice(batch, self.dist.rank, self.dist.world_size)
+            losses.append(self.compute_gradients(self.collate(local, epoch)))
+            self.optimizer_step()
+            self.global_step += 1
+            self.epoch, self.next_batch = (epoch, b + 1)
+            seen += len(batch)
+            if progress is not None:
+                progress.update(1)
+            if logger and (self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps):
+                rate = seen / (time.perf_counter() - t0)
+                logger.log(self.global_step, {"loss": sum(losses) / len(losses),
+                                              "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate})
+                losses = []
+            if self.eval_fn and cfg.eval_steps and self.global_step % cfg.eval_steps == 0:
+                last_eval = self._evaluate(logger)
+            if cfg.save_steps and self.global_step % cfg.save_steps == 0 and self.global_step < self.total_steps:
+                self.save_checkpoint()
+        if progress is not None:
+            progress.close()
+        if self.eval_fn and (not cfg.eval_steps or self.global_step % cfg.eval_steps):
+            last_eval = self._evaluate(logger)
+        summary = {"steps": self.global_step, "train_seconds": round(time.perf_counter() - t0, 1), "eval": last_eval}
+        if self.dist.is_main:
+            with atomic_dir(self.output / "model") as tmp:
+                self.model.save(tmp)
+            write_json_atomic(self.output / "meta.json", {"made_by": "retr train", "config": cfg.to_json(), **summary})
+            logger.close()
+        barrier(self.dist)
+        return summary
+
+    def _evaluate(self, logger) -> dict[str, float]:
+        metrics = {}
+        if self.dist.is_main:
+            metrics = self.eval_fn(self.model)
+            if logger:
+                logger.log(self.global_step, {f"eval/{k}": v for k, v in metrics.items()})
+        barrier(self.dist)
+        return metrics
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step")
+
+
+class _RunLogger:
+    """Log lines, a JSONL history (``train_log.jsonl``) and optionally TensorBoard."""
+
+    def __init__(self, output: Path, report_to: list[str]):
+        output.mkdir(parents=True, exist_ok=True)
+        self.file = open(output / "train_log.jsonl", "a", encoding="utf-8")
+        self.tb = None
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(output / "tensorboard"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        log.info("step %d  %s", step, "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
