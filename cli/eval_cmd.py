@@ -17,8 +17,21 @@ def eval_command(
     data: common.Data,
     model: common.OptModel = None,
     split: common.Split = "test",
+    retriever_kind: Annotated[str, typer.Option("--retriever", "-r", help="First stage: dense | bm25 | hybrid "
+                                                "(BM25 + dense fused).")] = "dense",
     index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Index directory: reused when it exists and "
                                                    "matches the corpus and model, else built and saved there.")] = None,
+    bm25_index: Annotated[Optional[Path], typer.Option("--bm25-index", help="BM25 index directory for --retriever "
+                                                        "hybrid (reused or built).")] = None,
+    k1: Annotated[float, typer.Option("--k1", help="BM25 k1.")] = 0.9,
+    b: Annotated[float, typer.Option("--b", help="BM25 b.")] = 0.4,
+    fusion: Annotated[str, typer.Option("--fusion", help="Hybrid fusion: rrf (reciprocal rank) or weighted "
+                                         "(min-max normalised score sum).")] = "rrf",
+    alpha: Annotated[float, typer.Option("--alpha", help="Weighted fusion: weight of the dense run (BM25 gets 1-alpha).")] = 0.5,
+    rrf_k: Annotated[int, typer.Option("--rrf-k", help="RRF constant k in 1/(k + rank).")] = 60,
+    rerank: Annotated[Optional[str], typer.Option("--rerank", help="Cross-encoder (directory or hub id) that reranks "
+                                                   "the first stage's top hits.")] = None,
+    rerank_top_k: Annotated[int, typer.Option("--rerank-top-k", help="Hits per query the cross-encoder reranks.")] = 100,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and settings as JSON here.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", help="Write the TREC run file here.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Documents retrieved per query (BEIR uses 1000).")] = 1000,
@@ -42,23 +55,22 @@ def eval_command(
     from retr.indexing.atomic import write_json_atomic
     from retr.retriever.data.beir import load_beir
     from retr.retriever.data.trec import write_trec_run
-    from retr.retriever.pipeline import dense_retriever_for
+    from retr.retriever.pipeline import build_retriever, describe_retriever
 
     t0 = time.perf_counter()
     dataset = load_beir(data, split, allow_missing_docs=allow_missing_docs)
     log.info("%s: %d docs, %d judged %s queries", dataset.name, len(dataset.corpus), len(dataset.qrels), split)
     overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
                                          passage_max_length)
-    retriever = dense_retriever_for(dataset.corpus, model=model, index_dir=index, batch_size=batch_size, **overrides)
+    retriever = build_retriever(retriever_kind, dataset.corpus, model=model, index_dir=index, bm25_index=bm25_index,
+                                fusion=fusion, alpha=alpha, rrf_k=rrf_k, k1=k1, b=b, rerank=rerank,
+                                rerank_top_k=rerank_top_k, batch_size=batch_size, **overrides)
     result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads)
-    common.console().print(metrics_table({f"{dataset.name} ({split})": result.metrics}, title=retriever.encoder.name))
+    common.console().print(metrics_table({f"{dataset.name} ({split})": result.metrics}, title=retriever.name))
     if run:
-        write_trec_run(result.run, run, tag=Path(str(retriever.encoder.name)).name or "retr")
+        write_trec_run(result.run, run, tag=Path(str(retriever.name)).name.replace(" ", "_") or "retr")
     if output:
-        record = result_record(result, retriever_settings={"retriever": "dense",
-                                                           "encoder": retriever.index.meta.get("encoder"),
-                                                           "index": {k_: retriever.index.meta.get(k_) for k_ in
-                                                                     ("factory", "metric", "dim", "count", "corpus")}},
+        record = result_record(result, retriever_settings=describe_retriever(retriever),
                                seconds=time.perf_counter() - t0)
         write_json_atomic(output, record)
         log.info("wrote %s", output)

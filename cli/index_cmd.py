@@ -26,6 +26,8 @@ def index_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Encoder: local directory, hub id, or `minilm`.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="BEIR dataset folder or a corpus.jsonl file.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Index directory to write (atomically).")] = None,
+    bm25: Annotated[bool, typer.Option("--bm25", help="Build a BM25 (Lucene, via pyserini) index instead of a dense one; "
+                                        "title + text in one field, as pyserini's BEIR regressions.")] = False,
     index_type: IndexType = "flat",
     metric: Annotated[str, typer.Option("--metric", help="ip (inner product; cosine when normalised) or l2.")] = "ip",
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW: neighbours per node (M).")] = 32,
@@ -50,8 +52,8 @@ def index_command(
     if ctx.invoked_subcommand is not None:
         return
     common.setup_logging(verbose)
-    if model is None or data is None or output is None:
-        raise typer.BadParameter("--model, --data and --output are required (see `retr index --help`)")
+    if data is None or output is None or (model is None and not bm25):
+        raise typer.BadParameter("--data, --output and (unless --bm25) --model are required (see `retr index --help`)")
     from retr.indexing.faiss_index import IndexSpec
     from retr.retriever.data.beir import load_corpus
     from retr.retriever.modeling import DualEncoder
@@ -60,6 +62,12 @@ def index_command(
     corpus_path = data / "corpus.jsonl" if data.is_dir() else data
     corpus = load_corpus(corpus_path)
     log.info("loaded %d documents from %s", len(corpus), corpus_path)
+    if bm25:
+        from retr.retriever.bm25 import BM25Retriever
+
+        BM25Retriever.build(corpus, output)
+        common.console().print(f"[green]wrote[/green] {output}: BM25 (Lucene) index of {len(corpus)} docs")
+        return
     encoder = DualEncoder.from_pretrained(model, **common.encoder_overrides(
         pooling, normalize, query_prefix, passage_prefix, query_max_length, passage_max_length))
     spec = IndexSpec(index_type=index_type, metric=metric, hnsw_m=hnsw_m, ef_construction=ef_construction,

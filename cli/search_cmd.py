@@ -12,7 +12,7 @@ from . import common
 
 
 def search_command(
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index directory made by `retr index`.")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or --bm25).")],
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a TSV of "
                                                      "qid<TAB>text, or a BEIR folder.")] = None,
@@ -25,6 +25,8 @@ def search_command(
     rescore: Annotated[Optional[int], typer.Option("--rescore", help="Fetch this many candidates and re-score them "
                                                     "exactly from stored vectors (PQ indexes built with --store-vectors).")] = None,
     mmap: Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")] = False,
+    k1: Annotated[float, typer.Option("--k1", help="BM25 k1 (BM25 indexes).")] = 0.9,
+    b: Annotated[float, typer.Option("--b", help="BM25 b (BM25 indexes).")] = 0.4,
     threads: common.Threads = 1,
     batch_size: common.BatchSize = 64,
     verbose: common.Verbose = False,
@@ -40,9 +42,15 @@ def search_command(
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))
-    retriever = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
-    retriever.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
-    results = retriever.batch_search(list(qmap.values()), list(qmap), k=k, threads=threads, rescore=rescore)
+    if (index / "lucene").is_dir():
+        from retr.retriever.bm25 import BM25Retriever
+
+        retriever = BM25Retriever(index, k1=k1, b=b)
+        results = retriever.batch_search(list(qmap.values()), list(qmap), k=k, threads=threads)
+    else:
+        retriever = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
+        retriever.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
+        results = retriever.batch_search(list(qmap.values()), list(qmap), k=k, threads=threads, rescore=rescore)
     if run:
         write_trec_run(results, run)
     if output:

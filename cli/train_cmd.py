@@ -96,15 +96,10 @@ def train_command(
     if output is None and config is None:
         raise typer.BadParameter("--output is required")
     dist = init_distributed()
-    if cfg.mode == "reranker":
-        from retr.retriever.training.rerank_driver import train_reranker
+    from retr.retriever.training.driver import build_trainer
 
-        summary = train_reranker(cfg, dist)
-    else:
-        from retr.retriever.training.driver import build_trainer
-
-        eval_fn = _eval_fn(cfg) if cfg.eval_data else None
-        summary = build_trainer(cfg, dist, eval_fn=eval_fn).train()
+    eval_fn = _eval_fn(cfg) if cfg.eval_data else None
+    summary = build_trainer(cfg, dist, eval_fn=eval_fn).train()
     if dist.is_main:
         common.console().print(f"[green]done[/green]: {summary['steps']} steps in {summary['train_seconds']}s; "
                                f"model saved to {Path(cfg.output_dir) / 'model'}"
@@ -134,6 +129,16 @@ def _eval_fn(cfg):
     from retr.retriever.search import DenseRetriever
 
     dataset = load_beir(cfg.eval_data, cfg.eval_split, allow_missing_docs=True)
+    if cfg.mode == "reranker":  # rerank BM25's top 100
+        from retr.retriever.bm25 import BM25Retriever
+        from retr.retriever.rerank import Reranker, RerankingRetriever
+
+        bm25 = BM25Retriever.for_corpus(dataset.corpus)
+
+        def run(model):
+            retriever = RerankingRetriever(bm25, Reranker(model, batch_size=64), dataset.corpus, top_k=100)
+            return evaluate(retriever, dataset, k=100, metrics=("nDCG@10", "Recall@100")).metrics
+        return run
 
     def run(model):
         result = evaluate(DenseRetriever.build(model, dataset.corpus, show_progress=False), dataset,

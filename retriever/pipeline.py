@@ -42,3 +42,54 @@ def first_stage(name: str, corpus: Corpus, index_dir: str | os.PathLike | None =
 
         return BM25Retriever.for_corpus(corpus, index_dir=index_dir, **options)
     return dense_retriever_for(corpus, model=name, index_dir=index_dir, batch_size=batch_size)
+
+
+def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None = None,
+                    index_dir: str | os.PathLike | None = None, bm25_index: str | os.PathLike | None = None,
+                    fusion: str = "rrf", alpha: float = 0.5, rrf_k: int = 60, k1: float = 0.9, b: float = 0.4,
+                    rerank: str | None = None, rerank_top_k: int = 100, rerank_batch_size: int = 32,
+                    batch_size: int = 64, **encoder_overrides: Any):
+    """``dense`` | ``bm25`` | ``hybrid`` first stage over ``corpus``, optionally followed by a cross-encoder."""
+    if kind == "dense":
+        retriever = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
+                                        **encoder_overrides)
+    elif kind in ("bm25", "hybrid"):
+        from .bm25 import BM25Retriever
+
+        sparse = BM25Retriever.for_corpus(corpus, index_dir=bm25_index if kind == "hybrid" else (bm25_index or index_dir),
+                                          k1=k1, b=b)
+        retriever = sparse
+        if kind == "hybrid":
+            from .hybrid import HybridRetriever
+
+            dense = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
+                                        **encoder_overrides)
+            retriever = HybridRetriever(sparse, dense, method=fusion, alpha=alpha, rrf_k=rrf_k)
+    else:
+        raise ValueError(f"unknown retriever {kind!r} (use dense, bm25 or hybrid)")
+    if rerank:
+        from .rerank import Reranker, RerankingRetriever
+
+        retriever = RerankingRetriever(retriever, Reranker(rerank, batch_size=rerank_batch_size, show_progress=True),
+                                       corpus, top_k=rerank_top_k)
+    return retriever
+
+
+def describe_retriever(retriever: Any) -> dict[str, Any]:
+    """What a result was made with (recorded in results JSON)."""
+    from .bm25 import BM25Retriever
+    from .hybrid import HybridRetriever
+    from .rerank import RerankingRetriever
+
+    if isinstance(retriever, RerankingRetriever):
+        return {**describe_retriever(retriever.first_stage),
+                "rerank": {"model": retriever.reranker.name, "top_k": retriever.top_k}}
+    if isinstance(retriever, HybridRetriever):
+        return {"retriever": "hybrid", "fusion": retriever.method, "alpha": retriever.alpha, "rrf_k": retriever.rrf_k,
+                "sparse": describe_retriever(retriever.sparse), "dense": describe_retriever(retriever.dense)}
+    if isinstance(retriever, BM25Retriever):
+        return {"retriever": "bm25", "k1": retriever.k1, "b": retriever.b, "index": str(retriever.index_dir),
+                "corpus": retriever.meta.get("corpus")}
+    meta = retriever.index.meta
+    return {"retriever": "dense", "encoder": meta.get("encoder"),
+            "index": {k: meta.get(k) for k in ("factory", "metric", "dim", "count", "corpus")}}

@@ -39,6 +39,7 @@ class DenseRetriever:
         self.index = index
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.name = encoder.name
 
     # ---------- construction ----------
     @classmethod

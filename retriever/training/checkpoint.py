@@ -88,12 +88,10 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer) -> dict[str, Any]:
     """Restore model, task, optimizer and RNG in place; return the trainer state (step, epoch, ...)."""
-    from ..modeling.dual_encoder import DualEncoder
-
     for name in ("model", "task.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"):
         if not (path / name).exists():
             raise ArtifactError(f"{path}: incomplete checkpoint (missing {name})")
-    saved = DualEncoder.from_pretrained(path / "model")
+    saved = type(model).from_pretrained(path / "model")
     model.load_state_dict(saved.state_dict())
     task_state = load_file(str(path / "task.safetensors"))
     missing, unexpected = task.load_state_dict(task_state, strict=False)

@@ -11,40 +11,40 @@ from ..data.training import TrainExample
 from ..modeling.dual_encoder import DualEncoder
 
 
+def pick_group(examples: Sequence[TrainExample], i: int, epoch: int, n_negatives: int, seed: int,
+               sep: str = " ") -> tuple[str, list[str]]:
+    """Query i's text and its passages [positive, negative x n] for this epoch. Examples with fewer hard
+    negatives than asked for are topped up with other examples' positives (random negatives), as Tevatron
+    falls back to random negatives."""
+    ex = examples[i]
+    rng = np.random.default_rng([seed, epoch, i])
+    texts = [ex.positives[int(rng.integers(len(ex.positives)))].joined(sep)]
+    if n_negatives:
+        negs = ex.negatives
+        if len(negs) >= n_negatives:
+            picked = [negs[j] for j in rng.choice(len(negs), n_negatives, replace=False)]
+        else:
+            picked = list(negs)
+            known = {p.docid for p in ex.positives}
+            while len(picked) < n_negatives:
+                cand = examples[int(rng.integers(len(examples)))].positives[0]
+                if cand.docid not in known:
+                    picked.append(cand)
+        texts += [p.joined(sep) for p in picked]
+    return ex.query, texts
+
+
 class SupervisedCollator:
-    """Queries [B] and passages [B * (1 + n_negatives)], each query's positive first in its group.
-    Examples with fewer hard negatives than asked for are topped up with other examples' positives
-    (random negatives), as Tevatron does with its random fallback."""
+    """Queries [B] and passages [B * (1 + n_negatives)], each query's positive first in its group."""
 
     def __init__(self, model: DualEncoder, examples: Sequence[TrainExample], n_negatives: int = 1, seed: int = 0):
         self.model, self.examples, self.n_negatives, self.seed = model, examples, n_negatives, seed
         self.sep = model.passage_tower.config.title_sep
 
-    def group(self, i: int, epoch: int) -> tuple[str, list[str]]:
-        ex = self.examples[i]
-        rng = np.random.default_rng([self.seed, epoch, i])
-        pos = ex.positives[int(rng.integers(len(ex.positives)))]
-        texts = [pos.joined(self.sep)]
-        n = self.n_negatives
-        if n:
-            negs = ex.negatives
-            if len(negs) >= n:
-                picked = [negs[j] for j in rng.choice(len(negs), n, replace=False)]
-            else:
-                picked = list(negs)
-                known = {p.docid for p in ex.positives}
-                while len(picked) < n:
-                    other = self.examples[int(rng.integers(len(self.examples)))]
-                    cand = other.positives[0]
-                    if cand.docid not in known:
-                        picked.append(cand)
-            texts += [p.joined(self.sep) for p in picked]
-        return ex.query, texts
-
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
         queries, passages = [], []
         for i in indices:
-            q, ps = self.group(i, epoch)
+            q, ps = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, self.sep)
             queries.append(q)
             passages.extend(ps)
         return {"queries": dict(self.model.query_encoder.tokenize(queries, is_query=True)),
@@ -71,3 +71,20 @@ class CropPairCollator:
         self.pairs.set_epoch(epoch)
         a, b = zip(*(self.pairs[i] for i in indices))
         return {"queries": pad_token_ids(a, self.pad_id), "passages": pad_token_ids(b, self.pad_id)}
+
+
+class RerankCollator:
+    """(query, passage) pairs [B * (1 + n)], each query's positive first, for listwise cross-encoder training."""
+
+    def __init__(self, model, examples: Sequence[TrainExample], n_negatives: int, seed: int = 0):
+        if n_negatives < 1:
+            raise ValueError("reranker training needs at least one negative per query (--train-negatives)")
+        self.model, self.examples, self.n_negatives, self.seed = model, examples, n_negatives, seed
+
+    def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
+        queries, passages = [], []
+        for i in indices:
+            q, ps = pick_group(self.examples, i, epoch, self.n_negatives, self.seed)
+            queries.extend([q] * len(ps))
+            passages.extend(ps)
+        return {"pairs": self.model.tokenize(queries, passages)}

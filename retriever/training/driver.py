@@ -10,19 +10,26 @@ from ..data.beir import load_beir
 from ..data.contriever import ContrieverPairs, CropConfig, chunk_corpus, read_texts
 from ..data.training import TrainExample, examples_from_beir, read_tevatron
 from ..losses.infonce import InfoNCELoss
+from ..losses.listwise import ListwiseSoftmaxLoss
 from ..losses.moco import MoCoLoss
+from ..modeling.cross_encoder import CrossEncoder
 from ..modeling.dual_encoder import DualEncoder
 from .arguments import TrainConfig
-from .collator import CropPairCollator, SupervisedCollator
+from .collator import CropPairCollator, RerankCollator, SupervisedCollator
 from .distributed import DistInfo
 from .samplers import BatchSampler, RandomBatchSampler
-from .tasks import InBatchTask, MoCoTask
+from .tasks import InBatchTask, MoCoTask, RerankTask
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 
-def load_model(cfg: TrainConfig) -> DualEncoder:
+def load_model(cfg: TrainConfig) -> DualEncoder | CrossEncoder:
+    if cfg.mode == "reranker":
+        import torch
+
+        torch.manual_seed(cfg.seed)  # the fresh scoring head is initialised here
+        return CrossEncoder.from_pretrained(cfg.model, max_length=cfg.passage_max_length)
     overrides = {k: getattr(cfg, k) for k in ("pooling", "normalize", "query_prefix", "passage_prefix",
                                                "query_max_length", "passage_max_length") if getattr(cfg, k) is not None}
     return DualEncoder.from_pretrained(cfg.model, separate=cfg.separate_towers, **overrides)
@@ -66,7 +73,10 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         else:
             task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
         n = len(pairs)
-    else:
-        raise ValueError(f"mode {cfg.mode!r} is not a dual-encoder mode")
+    else:  # reranker: a cross-encoder over (query, positive, negatives) groups
+        examples = supervised_examples(cfg)
+        collate = RerankCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
+        task = RerankTask(ListwiseSoftmaxLoss(1 + cfg.train_negatives))
+        n = len(examples)
     sampler = sampler or RandomBatchSampler(n, cfg.batch_size, seed=cfg.seed)
     return Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)

@@ -58,3 +58,24 @@ class MoCoTask(nn.Module):
 
     def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
         self.loss.enqueue(extras["keys"])
+
+
+class RerankTask(nn.Module):
+    """Cross-encoder training: scores of (query, passage) pairs in groups of 1 positive + n negatives,
+    listwise softmax loss. One "tower" (the pairs), so GradCache chunks pairs like passages."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def towers(self, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        return {"pairs": batch["pairs"]}
+
+    def extras(self, batch: dict[str, Any], model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    def compute_loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(reps["pairs"])
+
+    def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
+        pass

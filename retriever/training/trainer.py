@@ -112,7 +112,8 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             extras = self.task.extras(batch, self.model, self.device)
         if self.config.grad_cache:
-            sizes = {"queries": self.config.gc_query_chunk, "passages": self.config.gc_passage_chunk}
+            sizes = {"queries": self.config.gc_query_chunk, "passages": self.config.gc_passage_chunk,
+                     "pairs": self.config.gc_passage_chunk}
             loss = cached_step(self._forward, {n: (inp, sizes[n]) for n, inp in towers.items()},
                                lambda reps: self._loss(reps, extras), self.device, backward=self._backward,
                                sync_context=self._sync_context)

@@ -1,0 +1,60 @@
+"""Hybrid first stage: fuse a sparse (BM25) and a dense run, by reciprocal rank fusion (Cormack et al. 2009) or by
+a weighted sum of per-query min-max normalised scores. A retriever of its own (``search``/``batch_search``)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .hits import Hit, Run
+
+
+def rrf(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
+    fused: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for qid, hits in run.items():
+            acc = fused.setdefault(qid, {})
+            for h in hits[:depth]:
+                acc[h.docid] = acc.get(h.docid, 0.0) + 1.0 / (k + h.rank)
+    return _to_run(fused)
+
+
+def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | None = None) -> Run:
+    """sum_i w_i * minmax_i(score); a document missing from a run gets 0 from it."""
+    fused: dict[str, dict[str, float]] = {}
+    for run, w in zip(runs, weights):
+        for qid, hits in run.items():
+            hits = hits[:depth]
+            acc = fused.setdefault(qid, {})
+            if not hits:
+                continue
+            lo, hi = min(h.score for h in hits), max(h.score for h in hits)
+            span = hi - lo or 1.0
+            for h in hits:
+                acc[h.docid] = acc.get(h.docid, 0.0) + w * (h.score - lo) / span
+    return _to_run(fused)
+
+
+def _to_run(scores: dict[str, dict[str, float]]) -> Run:
+    return {qid: [Hit(d, s, r + 1) for r, (d, s) in enumerate(sorted(docs.items(), key=lambda x: (-x[1], x[0])))]
+            for qid, docs in scores.items()}
+
+
+class HybridRetriever:
+    def __init__(self, sparse: Any, dense: Any, method: str = "rrf", alpha: float = 0.5, rrf_k: int = 60,
+                 depth: int = 1000):
+        if method not in ("rrf", "weighted"):
+            raise ValueError(f"fusion method must be 'rrf' or 'weighted', got {method!r}")
+        self.sparse, self.dense, self.method, self.alpha, self.rrf_k, self.depth = sparse, dense, method, alpha, rrf_k, depth
+        self.name = f"hybrid-{method}"
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return self.batch_search([query], ["q"], k=k)["q"]
+
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1) -> Run:
+        depth = max(k, self.depth)
+        runs = [self.sparse.batch_search(queries, qids, k=depth, threads=threads),
+                self.dense.batch_search(queries, qids, k=depth, threads=threads)]
+        if self.method == "rrf":
+            fused = rrf(runs, self.rrf_k, depth)
+        else:  # alpha weighs the dense run, 1 - alpha the sparse one
+            fused = weighted_sum(runs, [1 - self.alpha, self.alpha], depth)
+        return {q: fused.get(q, [])[:k] for q in qids}

