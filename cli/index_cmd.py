@@ -28,6 +28,10 @@ def index_command(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Index directory to write (atomically).")] = None,
     bm25: Annotated[bool, typer.Option("--bm25", help="Build a BM25 (Lucene, via pyserini) index instead of a dense one; "
                                         "title + text in one field, as pyserini's BEIR regressions.")] = False,
+    from_embeddings: Annotated[Optional[Path], typer.Option("--from-embeddings", help="Build from `retr encode` shards "
+                                                             "in this directory instead of encoding (no --model/--data).")] = None,
+    append: Annotated[bool, typer.Option("--append", help="Add the corpus documents not yet in the existing index at "
+                                          "--output (only they are encoded).")] = False,
     index_type: IndexType = "flat",
     metric: Annotated[str, typer.Option("--metric", help="ip (inner product; cosine when normalised) or l2.")] = "ip",
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW: neighbours per node (M).")] = 32,
@@ -52,9 +56,24 @@ def index_command(
     if ctx.invoked_subcommand is not None:
         return
     common.setup_logging(verbose)
-    if data is None or output is None or (model is None and not bm25):
+    from retr.indexing.faiss_index import FaissIndex, IndexSpec
+
+    spec = IndexSpec(index_type=index_type, metric=metric, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                     ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits,
+                     train_sample=train_sample, store_vectors=store_vectors)
+    if from_embeddings is not None:
+        if output is None:
+            raise typer.BadParameter("--output is required")
+        from retr.indexing.shards import load_shards
+
+        vectors, ids, meta = load_shards(from_embeddings)
+        index = FaissIndex.build(vectors, ids, spec, meta={k: v for k, v in meta.items() if k != "num_shards"})
+        index.save(output)
+        common.console().print(f"[green]wrote[/green] {output}: {index.meta['factory']} index of {len(ids)} docs "
+                               f"from {meta.get('num_shards')} shard(s)")
+        return
+    if data is None or output is None or (model is None and not bm25 and not append):
         raise typer.BadParameter("--data, --output and (unless --bm25) --model are required (see `retr index --help`)")
-    from retr.indexing.faiss_index import IndexSpec
     from retr.retriever.data.beir import load_corpus
     from retr.retriever.modeling import DualEncoder
     from retr.retriever.search import DenseRetriever
@@ -68,11 +87,15 @@ def index_command(
         BM25Retriever.build(corpus, output)
         common.console().print(f"[green]wrote[/green] {output}: BM25 (Lucene) index of {len(corpus)} docs")
         return
-    encoder = DualEncoder.from_pretrained(model, **common.encoder_overrides(
-        pooling, normalize, query_prefix, passage_prefix, query_max_length, passage_max_length))
-    spec = IndexSpec(index_type=index_type, metric=metric, hnsw_m=hnsw_m, ef_construction=ef_construction,
-                     ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits,
-                     train_sample=train_sample, store_vectors=store_vectors)
+    overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
+                                         passage_max_length)
+    if append:
+        from retr.retriever.search import add_documents
+
+        added = add_documents(output, corpus, model=model, batch_size=batch_size, **overrides)
+        common.console().print(f"[green]appended[/green] {added} new documents to {output}")
+        return
+    encoder = DualEncoder.from_pretrained(model, **overrides)
     retriever = DenseRetriever.build(encoder, corpus, output, spec=spec, batch_size=batch_size)
     meta = retriever.index.meta
     common.console().print(f"[green]wrote[/green] {output}: {meta['factory']} index of {meta['count']} docs, dim {meta['dim']}")

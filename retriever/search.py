@@ -111,3 +111,19 @@ def index_meta(encoder: DualEncoder, corpus: Corpus, encode_seconds: float | Non
         "encode_seconds": None if encode_seconds is None else round(encode_seconds, 2),
         "retr_version": retr_version(),
     }
+
+
+def add_documents(index_dir: str | os.PathLike, corpus: Corpus, model: str | DualEncoder | None = None,
+                  batch_size: int = 64, **encoder_overrides: Any) -> int:
+    """Encode only the documents of ``corpus`` that the index lacks, append them, save atomically."""
+    retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
+    known = set(retriever.index.docids)
+    new = [d for d in corpus.ids if d not in known]
+    if new:
+        part = corpus.subset(new)
+        vectors = retriever.encoder.encode_passages(part.passages(retriever.encoder.passage_tower.config.title_sep),
+                                                    batch_size=batch_size, show_progress=True)
+        retriever.index.add(vectors, new)
+        retriever.index.meta["corpus"] = {"path": corpus.path, "fingerprint": corpus.fingerprint, "count": len(corpus)}
+        retriever.index.save(index_dir)
+    return len(new)
