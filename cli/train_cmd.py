@@ -29,6 +29,17 @@ def train_command(
     split: Annotated[Optional[str], Opt("--split", help="Qrels split of a BEIR folder used for training.")] = None,
     negatives: Annotated[Optional[Path], Opt("--negatives", help="Mined negatives (Tevatron JSONL from `retr mine`).")] = None,
     train_negatives: Annotated[Optional[int], Opt("--train-negatives", help="Hard negatives per query in each batch.")] = None,
+    pairs: Annotated[Optional[bool], Opt("--pairs", help="One training example per (query, positive) pair (default: "
+                                         "per query, a random positive each epoch).")] = None,
+    batching: Annotated[Optional[str], Opt("--batching", help="random | b3 (batches of mutual hard negatives mined "
+                                           "by a teacher; see --b3-*).")] = None,
+    b3_teacher: Annotated[Optional[str], Opt("--b3-teacher", help="B3: teacher encoder that ranks the examples.")] = None,
+    b3_p: Annotated[Optional[int], Opt("--b3-p", help="B3: skip the teacher's top p (likely false negatives).")] = None,
+    b3_m: Annotated[Optional[int], Opt("--b3-m", help="B3: keep ranks p+1..p+m as graph edges.")] = None,
+    b3_cluster_size: Annotated[Optional[int], Opt("--b3-cluster-size", help="B3: examples per cluster (K).")] = None,
+    b3_algorithm: Annotated[Optional[str], Opt("--b3-algorithm", help="B3: metis | leiden | louvain.")] = None,
+    b3_cache: Annotated[Optional[Path], Opt("--b3-cache", help="B3: cache directory for mined clusters "
+                                            "(default ~/.cache/retr/b3).")] = None,
     separate_towers: Annotated[Optional[bool], Opt("--separate-towers/--shared-towers", help="Separate query and "
                                                    "passage encoders (both start from --model).", show_default=False)] = None,
     epochs: Annotated[Optional[int], Opt("--epochs", help="Passes over the training data.")] = None,
@@ -81,6 +92,8 @@ def train_command(
     flags = dict(output_dir=str(output) if output else None, mode=mode, model=model,
                  train_data=[str(d) for d in data] if data else None, train_split=split,
                  negatives_file=str(negatives) if negatives else None, train_negatives=train_negatives,
+                 pairs=pairs, batching=batching, b3_teacher=b3_teacher, b3_p=b3_p, b3_m=b3_m,
+                 b3_cluster_size=b3_cluster_size, b3_algorithm=b3_algorithm, b3_cache=str(b3_cache) if b3_cache else None,
                  separate_towers=separate_towers, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                  weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
                  temperature=temperature, learnable_temperature=learnable_temperature, symmetric=symmetric,

@@ -109,3 +109,8 @@ def write_tevatron(examples: Iterable[TrainExample], path: str | Path) -> None:
     with atomic_file(path) as fh:
         for ex in examples:
             fh.write(json.dumps(ex.to_tevatron(), ensure_ascii=False) + "\n")
+
+
+def as_pairs(examples: Iterable[TrainExample]) -> list[TrainExample]:
+    """One example per (query, positive) pair, each keeping the query's negatives (the unit B3 clusters)."""
+    return [TrainExample(ex.query_id, ex.query, [pos], ex.negatives) for ex in examples for pos in ex.positives]

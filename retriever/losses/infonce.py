@@ -4,6 +4,11 @@ Passages come grouped per query: ``p[i*G]`` is query i's positive and ``p[i*G+1 
 negatives (G = 1 + negatives per query); every other passage in the batch is a negative too. Scores are
 ``sim(q, p) / temperature`` with ``sim`` the dot product or the cosine. ``symmetric`` adds the
 passage-to-query direction over the positives (as in CLIP / E5 pre-training).
+
+``query_keys`` (one integer per query, e.g. a hash of the query id) masks in-batch *positives* of other groups
+that belong to the same query: when training on (query, positive) pairs a query can appear twice in a batch
+(NFCorpus has ~43 positives per query, and B3 clusters put such pairs together), and its other positive
+must not be pushed away as a negative.
 """
 from __future__ import annotations
 
@@ -39,12 +44,18 @@ class InfoNCELoss(nn.Module):
             q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
         return q @ p.T * self.log_scale.exp().clamp(max=100.0)
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, p: torch.Tensor, query_keys: torch.Tensor | None = None) -> torch.Tensor:
         if p.size(0) % q.size(0):
             raise ValueError(f"{p.size(0)} passages is not a multiple of {q.size(0)} queries")
         group = p.size(0) // q.size(0)
         scores = self.scores(q.float(), p.float())
         target = torch.arange(q.size(0), device=q.device) * group
+        if query_keys is not None:
+            same = query_keys[:, None] == query_keys.repeat_interleave(group)[None, :]
+            positive_slot = (torch.arange(p.size(0), device=q.device) % group == 0)[None, :]
+            mask = same & positive_slot
+            mask[torch.arange(q.size(0), device=q.device), target] = False
+            scores = scores.masked_fill(mask, float("-inf"))
         loss = F.cross_entropy(scores, target)
         if self.symmetric:
             pos = p[::group]

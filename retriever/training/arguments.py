@@ -25,6 +25,14 @@ class TrainConfig:
     train_split: str = "train"
     negatives_file: str | None = None  # Tevatron JSONL from `retr mine` (supervised, BEIR input)
     train_negatives: int = 1  # hard negatives per query (supervised)
+    pairs: bool = False  # one example per (query, positive) pair instead of per query
+    batching: str = "random"  # random | b3
+    b3_teacher: str = "minilm"
+    b3_p: int = 30
+    b3_m: int = 100
+    b3_cluster_size: int = 32
+    b3_algorithm: str = "metis"  # metis | leiden | louvain
+    b3_cache: str | None = None  # default: ~/.cache/retr/b3
     eval_data: str | None = None  # BEIR folder evaluated every eval_steps
     eval_split: str = "test"
     # Contriever crops (unsupervised)
@@ -69,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"mode must be supervised, unsupervised or reranker, got {self.mode!r}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if self.batching not in ("random", "b3"):
+            raise ValueError(f"batching must be random or b3, got {self.batching!r}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
 

@@ -2,6 +2,7 @@
 so an epoch is reproducible and a resumed run sees the same batches."""
 from __future__ import annotations
 
+import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,8 +48,10 @@ class SupervisedCollator:
             q, ps = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, self.sep)
             queries.append(q)
             passages.extend(ps)
+        keys = [zlib.crc32(self.examples[i].query_id.encode()) for i in indices]
         return {"queries": dict(self.model.query_encoder.tokenize(queries, is_query=True)),
-                "passages": dict(self.model.passage_tower.tokenize(passages, is_query=False))}
+                "passages": dict(self.model.passage_tower.tokenize(passages, is_query=False)),
+                "query_keys": torch.tensor(keys, dtype=torch.long)}
 
 
 def pad_token_ids(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:

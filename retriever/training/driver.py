@@ -3,12 +3,14 @@ torchrun both come through here."""
 from __future__ import annotations
 
 import logging
+
+import numpy as np
 from pathlib import Path
 from typing import Callable
 
 from ..data.beir import load_beir
 from ..data.contriever import ContrieverPairs, CropConfig, chunk_corpus, read_texts
-from ..data.training import TrainExample, examples_from_beir, read_tevatron
+from ..data.training import TrainExample, as_pairs, examples_from_beir, read_tevatron
 from ..losses.infonce import InfoNCELoss
 from ..losses.listwise import ListwiseSoftmaxLoss
 from ..losses.moco import MoCoLoss
@@ -48,8 +50,10 @@ def supervised_examples(cfg: TrainConfig) -> list[TrainExample]:
             examples += examples_from_beir(ds, negatives)
         else:
             examples += read_tevatron(path)
+    if cfg.pairs:
+        examples = as_pairs(examples)
     with_negs = sum(1 for e in examples if e.negatives)
-    log.info("%d training queries (%d with hard negatives)", len(examples), with_negs)
+    log.info("%d training examples (%d with hard negatives)", len(examples), with_negs)
     return examples
 
 
@@ -78,5 +82,46 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         collate = RerankCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
         task = RerankTask(ListwiseSoftmaxLoss(1 + cfg.train_negatives))
         n = len(examples)
+    if sampler is None and cfg.batching == "b3":
+        if cfg.mode == "unsupervised":
+            raise ValueError("B3 batching needs (query, positive) examples: use --mode supervised or reranker")
+        sampler = b3_sampler(examples, cfg, dist or DistInfo())
     sampler = sampler or RandomBatchSampler(n, cfg.batch_size, seed=cfg.seed)
     return Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)
+
+
+def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
+    """Mine (or load from cache) B3 clusters with the teacher and log the mining report."""
+    import os
+
+    from .b3 import (B3BatchSampler, B3Config, cached_clusters, data_fingerprint, in_batch_negative_similarity,
+                     mine_clusters, size_histogram)
+    from .distributed import barrier
+
+    b3 = B3Config(p=cfg.b3_p, m=cfg.b3_m, cluster_size=cfg.b3_cluster_size, algorithm=cfg.b3_algorithm, seed=cfg.seed)
+    teacher = DualEncoder.from_pretrained(cfg.b3_teacher)
+    queries = [e.query for e in examples]
+    positives = [e.positives[0].joined(teacher.passage_tower.config.title_sep) for e in examples]
+    cache = cfg.b3_cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "retr", "b3")
+    key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, positives), **b3.__dict__}
+    emb: dict[str, np.ndarray] = {}
+
+    def compute():
+        emb["q"] = teacher.encode_queries(queries, show_progress=True)
+        emb["p"] = teacher.encode_passages(positives, show_progress=True)
+        return mine_clusters(emb["q"], emb["p"], b3)
+
+    if dist.is_main:
+        clusters, stats = cached_clusters(cache, key, compute)
+    barrier(dist)
+    if not dist.is_main:
+        clusters, stats = cached_clusters(cache, key, compute)
+    sampler = B3BatchSampler(clusters, cfg.batch_size, seed=cfg.seed)
+    report = {**stats, "size_histogram": size_histogram(clusters)}
+    if emb:
+        rand = RandomBatchSampler(len(examples), cfg.batch_size, seed=cfg.seed).batches(0)
+        report["mean_in_batch_negative_similarity"] = {
+            "b3": round(in_batch_negative_similarity(emb["q"], emb["p"], sampler.batches(0)), 4),
+            "random": round(in_batch_negative_similarity(emb["q"], emb["p"], rand), 4)}
+    log.info("B3: %s", report)
+    return sampler

@@ -25,10 +25,10 @@ class InBatchTask(nn.Module):
         return {"queries": batch["queries"], "passages": batch["passages"]}
 
     def extras(self, batch: dict[str, Any], model: DualEncoder, device: torch.device) -> dict[str, torch.Tensor]:
-        return {}
+        return {"query_keys": batch["query_keys"].to(device)} if "query_keys" in batch else {}
 
     def compute_loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss(reps["queries"], reps["passages"])
+        return self.loss(reps["queries"], reps["passages"], extras.get("query_keys"))
 
     def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
         pass

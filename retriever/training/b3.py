@@ -1,0 +1,196 @@
+"""B3 batches ("Breaking the Batch Barrier", Thirukovalluru et al. 2025): batches of mutual hard negatives.
+
+1. A teacher embeds every training example's query and positive; FAISS ranks all positives for each query.
+2. For example i, the examples whose positives rank p+1 .. p+m for query i (its own excluded) become edges
+   of a sparse undirected graph (the top p are skipped: likely false negatives).
+3. Community detection cuts the graph into clusters of about K examples that are strong negatives for one
+   another: METIS (pymetis, balanced parts, as in the paper) or Leiden/Louvain (igraph/leidenalg, networkx)
+   whose communities are then split to <= K and small ones merged.
+4. Each epoch, clusters are shuffled (and shuffled inside), laid end to end and cut into batches of B, so a
+   batch of B holds about B/K clusters and every example appears once per epoch.
+
+No library implements this batch mining (the paper's repository holds evaluation code only), hence this module.
+Mined clusters are cached (JSON, atomically) under a key of teacher fingerprint + data fingerprint + settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from retr.indexing.atomic import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class B3Config:
+    p: int = 30  # skip the teacher's top-p for each query
+    m: int = 100  # then keep m ranks as edges
+    cluster_size: int = 32  # K
+    algorithm: str = "metis"  # metis | leiden | louvain
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("metis", "leiden", "louvain"):
+            raise ValueError(f"B3 algorithm must be metis, leiden or louvain, got {self.algorithm!r}")
+        if self.p < 0 or self.m < 1 or self.cluster_size < 1:
+            raise ValueError("B3 needs p >= 0, m >= 1 and cluster_size >= 1")
+
+
+def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int) -> np.ndarray:
+    """[E, 2] edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i."""
+    import faiss
+
+    n = len(queries)
+    depth = min(n, p + m + 1)
+    index = faiss.IndexFlatIP(positives.shape[1])
+    index.add(np.ascontiguousarray(positives, dtype=np.float32))
+    _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+    edges = []
+    for i, row in enumerate(rows):
+        others = [int(j) for j in row if j != i and j >= 0][p:p + m]
+        edges.extend((i, j) for j in others)
+    return np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+
+
+def _adjacency(n: int, edges: np.ndarray) -> list[list[int]]:
+    adj: list[set[int]] = [set() for _ in range(n)]
+    for i, j in edges:
+        if i != j:
+            adj[i].add(int(j))
+            adj[j].add(int(i))
+    return [sorted(a) for a in adj]
+
+
+def _normalise_sizes(clusters: list[list[int]], k: int, rng: np.random.Generator) -> list[list[int]]:
+    """Split clusters larger than K into pieces of K; merge clusters smaller than K/2 into groups of ~K."""
+    out, small = [], []
+    for c in clusters:
+        c = list(c)
+        for s in range(0, len(c), k):
+            piece = c[s:s + k]
+            (out if len(piece) >= max(1, k // 2) else small).append(piece)
+    acc: list[int] = []
+    for piece in small:
+        acc.extend(piece)
+        if len(acc) >= k:
+            out.append(acc[:k])
+            acc = acc[k:]
+    if acc:
+        out.append(acc)
+    return out
+
+
+def detect_communities(n: int, edges: np.ndarray, cfg: B3Config) -> list[list[int]]:
+    rng = np.random.default_rng(cfg.seed)
+    adj = _adjacency(n, edges)
+    parts = max(1, round(n / cfg.cluster_size))
+    if cfg.algorithm == "metis":
+        import pymetis
+
+        opts = pymetis.Options(seed=cfg.seed)
+        membership = pymetis.part_graph(parts, adjacency=adj, options=opts).vertex_part
+        clusters: dict[int, list[int]] = {}
+        for i, c in enumerate(membership):
+            clusters.setdefault(int(c), []).append(i)
+        found = list(clusters.values())
+    elif cfg.algorithm == "leiden":
+        import igraph as ig
+        import leidenalg
+
+        graph = ig.Graph(n=n, edges=[(i, j) for i in range(n) for j in adj[i] if i < j])
+        found = [list(c) for c in leidenalg.find_partition(graph, leidenalg.ModularityVertexPartition, seed=cfg.seed)]
+    else:
+        import networkx as nx
+
+        g = nx.Graph()
+        g.add_nodes_from(range(n))
+        g.add_edges_from((i, j) for i in range(n) for j in adj[i] if i < j)
+        found = [sorted(c) for c in nx.community.louvain_communities(g, seed=cfg.seed)]
+    return _normalise_sizes(found, cfg.cluster_size, rng) if cfg.algorithm != "metis" else found
+
+
+def mine_clusters(queries: np.ndarray, positives: np.ndarray, cfg: B3Config) -> tuple[list[list[int]], dict]:
+    t0 = time.perf_counter()
+    edges = rank_window_edges(queries, positives, cfg.p, cfg.m)
+    t_rank = time.perf_counter() - t0
+    clusters = detect_communities(len(queries), edges, cfg)
+    stats = {"examples": len(queries), "edges": int(len(edges)), "clusters": len(clusters),
+             "rank_seconds": round(t_rank, 2), "cluster_seconds": round(time.perf_counter() - t0 - t_rank, 2)}
+    return clusters, stats
+
+
+def size_histogram(clusters: Sequence[Sequence[int]]) -> dict[str, int]:
+    sizes = np.array([len(c) for c in clusters])
+    edges = [0, 8, 16, 24, 28, 32, 36, 40, 48, 64, 10**9]
+    hist = {}
+    for lo, hi in zip(edges, edges[1:]):
+        count = int(((sizes > lo) & (sizes <= hi)).sum())
+        if count:
+            hist[f"{lo + 1}-{hi}" if hi < 10**9 else f">{lo}"] = count
+    return hist
+
+
+def in_batch_negative_similarity(queries: np.ndarray, positives: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
+    """Mean teacher similarity between each query and the *other* positives of its batch."""
+    total, count = 0.0, 0
+    for b in batches:
+        b = np.asarray(b)
+        if len(b) < 2:
+            continue
+        s = queries[b] @ positives[b].T
+        total += float(s.sum() - np.trace(s))
+        count += len(b) * (len(b) - 1)
+    return total / max(count, 1)
+
+
+class B3BatchSampler:
+    """Batches drawn from B3 clusters; reshuffled every epoch (clusters and members), every example once."""
+
+    def __init__(self, clusters: list[list[int]], batch_size: int, seed: int = 0, drop_last: bool = True):
+        self.clusters, self.batch_size, self.seed, self.drop_last = clusters, batch_size, seed, drop_last
+        self.n = sum(len(c) for c in clusters)
+        if drop_last and self.n < batch_size:
+            raise ValueError(f"{self.n} examples is fewer than one batch of {batch_size}")
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        order = []
+        for c in rng.permutation(len(self.clusters)):
+            order.extend(int(i) for i in rng.permutation(self.clusters[c]))
+        out = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        return out[: len(self)]
+
+
+def data_fingerprint(queries: Sequence[str], positives: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for q, p in zip(queries, positives):
+        h.update(q.encode() + b"\0" + p.encode() + b"\1")
+    return h.hexdigest()[:16]
+
+
+def cached_clusters(cache_dir: str | Path, key_parts: dict, compute) -> tuple[list[list[int]], dict]:
+    """Load clusters cached under a key of ``key_parts``, or ``compute()`` and cache them atomically."""
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"b3-{key}.json"
+    if path.exists():
+        data = read_json(path)
+        log.info("B3 clusters loaded from cache %s", path)
+        return data["clusters"], {**data["stats"], "cache": str(path), "cached": True}
+    clusters, stats = compute()
+    write_json_atomic(path, {"key": key_parts, "stats": stats, "clusters": clusters})
+    return clusters, {**stats, "cache": str(path), "cached": False}
+
+
+def b3_config_dict(cfg: B3Config) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,107 @@
+"""B3: edges only from ranks p..p+m, clusters of about K, every example once per epoch, seeded batches,
+clusters cached, B3 batches harder than random ones, and the duplicate-query mask of InfoNCE."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retr.retriever.losses import InfoNCELoss
+from retr.retriever.training.b3 import (B3BatchSampler, B3Config, cached_clusters, in_batch_negative_similarity,
+                                        mine_clusters, rank_window_edges)
+from retr.retriever.training.samplers import RandomBatchSampler
+
+
+@pytest.fixture(scope="module")
+def topics():
+    """640 examples in 20 topics: a query and its positive are near their topic centre."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 24))
+    topic = np.repeat(np.arange(20), 32)
+    q = centres[topic] + 0.5 * rng.standard_normal((640, 24))
+    p = centres[topic] + 0.5 * rng.standard_normal((640, 24))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    return q.astype(np.float32), p.astype(np.float32)
+
+
+def test_edges_come_only_from_the_rank_window(topics):
+    q, p = topics
+    edges = rank_window_edges(q, p, p=5, m=10)
+    sims = q @ p.T
+    for i in (0, 17, 400):
+        order = [j for j in np.argsort(-sims[i], kind="stable") if j != i]
+        assert sorted(edges[edges[:, 0] == i][:, 1].tolist()) == sorted(order[5:15])
+    assert len(edges) == 640 * 10 and not np.any(edges[:, 0] == edges[:, 1])
+
+
+@pytest.mark.parametrize("algorithm", ["metis", "leiden", "louvain"])
+def test_cluster_sizes_respect_k(topics, algorithm):
+    q, p = topics
+    clusters, stats = mine_clusters(q, p, B3Config(p=2, m=20, cluster_size=32, algorithm=algorithm))
+    sizes = [len(c) for c in clusters]
+    assert sorted(i for c in clusters for i in c) == list(range(640))  # a partition
+    assert max(sizes) <= 32 * 1.1 and np.mean(sizes) >= 32 * 0.75  # about K (METIS balance; split/merge otherwise)
+
+
+def test_every_example_once_per_epoch_and_seeded(topics):
+    q, p = topics
+    clusters, _ = mine_clusters(q, p, B3Config(p=2, m=20, cluster_size=16))
+    sampler = B3BatchSampler(clusters, batch_size=64, seed=3, drop_last=False)
+    for epoch in (0, 1):
+        flat = [i for b in sampler.batches(epoch) for i in b]
+        assert sorted(flat) == list(range(640))
+    assert sampler.batches(0) == B3BatchSampler(clusters, 64, seed=3).batches(0)
+    assert sampler.batches(0) != sampler.batches(1)
+    assert sampler.batches(0) != B3BatchSampler(clusters, 64, seed=4).batches(0)
+    full = B3BatchSampler(clusters[:-1], batch_size=64, seed=3)  # drop_last: only full batches, none repeated
+    seen = [i for b in full.batches(0) for i in b]
+    assert all(len(b) == 64 for b in full.batches(0)) and len(seen) == len(set(seen))
+
+
+def test_b3_batches_are_harder_than_random(topics):
+    q, p = topics
+    clusters, _ = mine_clusters(q, p, B3Config(p=2, m=20, cluster_size=32))
+    b3 = in_batch_negative_similarity(q, p, B3BatchSampler(clusters, 64).batches(0))
+    rand = in_batch_negative_similarity(q, p, RandomBatchSampler(640, 64).batches(0))
+    assert b3 > rand + 0.2
+
+
+def test_clusters_are_cached(tmp_path, topics):
+    q, p = topics
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return mine_clusters(q, p, B3Config(p=2, m=20))
+
+    a, s1 = cached_clusters(tmp_path, {"k": 1}, compute)
+    b, s2 = cached_clusters(tmp_path, {"k": 1}, compute)
+    assert a == b and len(calls) == 1 and s2["cached"] and not s1["cached"]
+    cached_clusters(tmp_path, {"k": 2}, compute)
+    assert len(calls) == 2
+
+
+def test_duplicate_query_positive_is_masked():
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # groups of 2 (positive, negative)
+    loss = InfoNCELoss(temperature=1.0)
+    plain = loss(q, p)
+    masked = loss(q, p, query_keys=torch.tensor([5, 5]))  # same query twice: the other positive is not a negative
+    expected = -1 + np.log(np.e + 2 * np.e ** 0)  # target 1, two hard negatives at 0, other positive masked
+    assert masked.item() == pytest.approx(expected, rel=1e-6) and masked.item() < plain.item()
+    assert loss(q, p, query_keys=torch.tensor([5, 6])).item() == pytest.approx(plain.item())
+
+
+def test_b3_training_end_to_end(tmp_path, tiny_beir, tiny_model_dir):
+    from retr.retriever.training.arguments import TrainConfig
+    from retr.retriever.training.driver import build_trainer
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), train_data=[str(tiny_beir)],
+                      train_split="test", batch_size=4, max_steps=2, batching="b3", b3_teacher=str(tiny_model_dir),
+                      b3_p=1, b3_m=3, b3_cluster_size=2, b3_cache=str(tmp_path / "cache"), pairs=True,
+                      grad_cache=True, gc_query_chunk=2, gc_passage_chunk=3, save_steps=0)
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer.sampler, B3BatchSampler)
+    assert trainer.train()["steps"] == 2
+    assert len(list((tmp_path / "cache").glob("b3-*.json"))) == 1
