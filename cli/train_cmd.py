@@ -62,6 +62,9 @@ def train_command(
     ratio_min: Annotated[Optional[float], Opt("--ratio-min", help="Unsupervised: min crop length / chunk length.")] = None,
     ratio_max: Annotated[Optional[float], Opt("--ratio-max", help="Unsupervised: max crop length / chunk length.")] = None,
     deletion_prob: Annotated[Optional[float], Opt("--deletion-prob", help="Unsupervised: per-token deletion probability.")] = None,
+    gather_negatives: Annotated[Optional[bool], Opt("--gather-negatives/--local-negatives", help="Under DDP: every "
+                                                    "query sees all ranks' passages (default), or only its own rank's.",
+                                                    show_default=False)] = None,
     grad_cache: Annotated[Optional[bool], Opt("--grad-cache", help="GradCache: any batch size in the memory of one chunk.")] = None,
     gc_query_chunk: Annotated[Optional[int], Opt("--gc-query-chunk", help="GradCache: queries per chunk.")] = None,
     gc_passage_chunk: Annotated[Optional[int], Opt("--gc-passage-chunk", help="GradCache: passages per chunk.")] = None,
@@ -98,7 +101,7 @@ def train_command(
                  weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
                  temperature=temperature, learnable_temperature=learnable_temperature, symmetric=symmetric,
                  similarity=similarity, moco=moco, queue_size=queue_size, momentum=momentum, chunk_length=chunk_length,
-                 ratio_min=ratio_min, ratio_max=ratio_max, deletion_prob=deletion_prob, grad_cache=grad_cache,
+                 ratio_min=ratio_min, ratio_max=ratio_max, deletion_prob=deletion_prob, grad_cache=grad_cache, gather_negatives=gather_negatives,
                  gc_query_chunk=gc_query_chunk, gc_passage_chunk=gc_passage_chunk, precision=precision, seed=seed,
                  save_steps=save_steps, logging_steps=logging_steps, eval_data=str(eval_data) if eval_data else None,
                  eval_split=eval_split, eval_steps=eval_steps, report_to=report_to, resume=resume,

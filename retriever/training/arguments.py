@@ -60,6 +60,7 @@ class TrainConfig:
     moco: bool = True
     queue_size: int = 131072
     momentum: float = 0.9995
+    gather_negatives: bool = True  # DDP: every query sees every rank's passages (off: local negatives only)
     # GradCache
     grad_cache: bool = False
     gc_query_chunk: int = 32

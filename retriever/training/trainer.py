@@ -58,7 +58,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=not model.shared)
+            # find_unused_parameters: HF encoders carry parameters a retrieval loss never touches (BERT's pooler),
+            # and GradCache's last chunk may use one tower only
+            self.ddp = DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
         decay, no_decay = [], []
         for name, p in list(model.named_parameters()) + list(task.named_parameters()):
             if p.requires_grad:
@@ -90,13 +92,17 @@ class Trainer:
             return module(**{name: inputs})[name]
 
     def _loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self.config.gather_negatives:
+            self._extras = extras
+            return self.task.compute_loss(reps, extras)
         gathered = {k: gather_with_grad(v, self.dist) for k, v in reps.items()}
         self._extras = {k: gather_nograd(v, self.dist) for k, v in extras.items()}
         return self.task.compute_loss(gathered, self._extras)
 
     def _backward(self, loss: torch.Tensor) -> None:
         # each rank's gather passes gradient only to its own slice and DDP averages over ranks: scale by world size
-        loss = loss * self.dist.world_size
+        if self.config.gather_negatives:
+            loss = loss * self.dist.world_size
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _sync_context(self, last: bool):
