@@ -14,7 +14,14 @@ log = logging.getLogger("retr.cli")
 
 
 def eval_command(
-    data: common.Data,
+    data: Annotated[list[Path], typer.Option("--data", "-d", help="BEIR dataset folder (repeatable), or a folder of "
+                                             "BEIR datasets: several datasets make a leaderboard run.")],
+    suite: Annotated[Optional[Path], typer.Option("--suite", help="YAML/JSON list of retrieval set-ups (leaderboard "
+                                                   "run: every set-up on every dataset, indexes cached and reused).")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Leaderboard run: where results, runs, "
+                                                        "MTEB files and the table go.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Leaderboard run: index cache (default "
+                                                       "OUTPUT_DIR/cache).")] = None,
     model: common.OptModel = None,
     split: common.Split = "test",
     retriever_kind: Annotated[str, typer.Option("--retriever", "-r", help="First stage: dense | bm25 | hybrid "
@@ -58,6 +65,21 @@ def eval_command(
     from retr.retriever.pipeline import build_retriever, describe_retriever
 
     t0 = time.perf_counter()
+    if suite is not None or len(data) > 1 or not (data[0] / "corpus.jsonl").exists():
+        from retr.evaluation.leaderboard import Setup, expand_datasets, load_suite, print_leaderboard, run_suite
+
+        if suite is not None:
+            setups = load_suite(suite)
+        else:
+            opts = {"fusion": fusion, "alpha": alpha, "rrf_k": rrf_k, "k1": k1, "b": b, "rerank_top_k": rerank_top_k}
+            setups = [Setup(Path(model).name if model else retriever_kind, retriever_kind, model, rerank, opts)]
+        out = output_dir or Path("out/leaderboard")
+        summary = run_suite(setups, expand_datasets(data), out, split=split, k=k, cache_root=cache_dir,
+                            allow_missing_docs=True, threads=threads)
+        common.console().print(print_leaderboard(summary["table"], summary["datasets"]))
+        common.console().print(f"wrote {out}/leaderboard.md, .csv, .png, results/, runs/, mteb/")
+        return
+    data = data[0]
     dataset = load_beir(data, split, allow_missing_docs=allow_missing_docs)
     log.info("%s: %d docs, %d judged %s queries", dataset.name, len(dataset.corpus), len(dataset.qrels), split)
     overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,

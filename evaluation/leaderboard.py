@@ -1,0 +1,248 @@
+"""BEIR leaderboard runs: several retrieval set-ups x several datasets in one go, reusing indexes (cached by
+model fingerprint + corpus fingerprint), written as per-run JSON, TREC runs, MTEB-format result files, and a
+leaderboard table (rich, Markdown, CSV, PNG).
+
+A suite is a YAML/JSON file::
+
+    setups:
+      - {name: minilm, retriever: dense, model: minilm}
+      - {name: bm25, retriever: bm25}
+      - {name: hybrid, retriever: hybrid, model: minilm}
+      - {name: minilm-ft, retriever: dense, model: "out/runs/{dataset}-sup/model"}   # skipped where missing
+      - {name: bm25+ce, retriever: bm25, rerank: "out/runs/{dataset}-ce/model", rerank_top_k: 100}
+
+``{dataset}`` in a path is replaced by the dataset's folder name; a set-up whose model path does not exist for
+a dataset is skipped there (shown as "-").
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retr.indexing.atomic import atomic_file, write_json_atomic
+from retr.indexing.versions import machine_info, retr_version
+from retr.retriever.data.beir import load_beir
+from retr.retriever.data.errors import DataError
+from retr.retriever.data.trec import write_trec_run
+
+from .evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+SETUP_KEYS = {"name", "retriever", "model", "rerank", "rerank_top_k", "fusion", "alpha", "rrf_k", "k1", "b"}
+MTEB_TASKS = {"scifact": "SciFact", "nfcorpus": "NFCorpus", "arguana": "ArguAna", "fiqa": "FiQA2018",
+              "scidocs": "SCIDOCS", "trec-covid": "TRECCOVID", "quora": "QuoraRetrieval", "nq": "NQ",
+              "hotpotqa": "HotpotQA", "fever": "FEVER", "climate-fever": "ClimateFEVER", "dbpedia-entity": "DBPedia",
+              "msmarco": "MSMARCO", "touche2020": "Touche2020", "webis-touche2020": "Touche2020"}
+MTEB_CUTOFFS = (1, 3, 5, 10, 20, 100, 1000)
+MTEB_METRICS = tuple(f"{m}@{k}" for m in ("nDCG", "MAP", "Recall", "P", "MRR") for k in MTEB_CUTOFFS)
+
+
+@dataclass
+class Setup:
+    name: str
+    retriever: str = "dense"
+    model: str | None = None
+    rerank: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, dataset: str) -> "Setup | None":
+        """Fill ``{dataset}``; None when a named local path does not exist for this dataset."""
+        def fill(v):
+            return v.replace("{dataset}", dataset) if isinstance(v, str) else v
+        out = Setup(self.name, self.retriever, fill(self.model), fill(self.rerank), dict(self.options))
+        for path in (out.model, out.rerank):
+            if path and "{dataset}" in str(self.model or "") + str(self.rerank or "") and not Path(path).exists():
+                return None
+        return out
+
+
+def load_suite(path: str | Path) -> list[Setup]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "suite file not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text)
+    else:
+        raw = json.loads(text)
+    items = raw.get("setups") if isinstance(raw, dict) else None
+    if not isinstance(items, list) or not items:
+        raise DataError(path, None, 'expected a mapping with a non-empty list "setups"')
+    setups, names = [], set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item:
+            raise DataError(path, None, f'setups[{i}]: each set-up needs a "name"')
+        unknown = set(item) - SETUP_KEYS
+        if unknown:
+            raise DataError(path, None, f"setups[{i}] ({item['name']}): unknown key {sorted(unknown)[0]!r}")
+        if item["name"] in names:
+            raise DataError(path, None, f"setups[{i}]: duplicate name {item['name']!r}")
+        names.add(item["name"])
+        kind = item.get("retriever", "dense")
+        if kind in ("dense", "hybrid") and not item.get("model"):
+            raise DataError(path, None, f"setups[{i}] ({item['name']}): retriever {kind!r} needs a model")
+        opts = {k: v for k, v in item.items() if k not in ("name", "retriever", "model", "rerank")}
+        setups.append(Setup(item["name"], kind, item.get("model"), item.get("rerank"), opts))
+    return setups
+
+
+def expand_datasets(paths: list[Path]) -> list[Path]:
+    """BEIR folders given directly, or every BEIR folder inside a parent folder."""
+    out = []
+    for p in paths:
+        if (p / "corpus.jsonl").exists():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(d for d in p.iterdir() if (d / "corpus.jsonl").exists())
+            if not found:
+                raise DataError(p, None, "neither a BEIR dataset nor a folder of BEIR datasets")
+            out.extend(found)
+        else:
+            raise DataError(p, None, "dataset directory not found")
+    return out
+
+
+def _cache_dir(root: Path, corpus_fp: str, kind: str, model_fp: str = "") -> Path:
+    return root / f"{kind}-{corpus_fp}" if not model_fp else root / f"{kind}-{corpus_fp}-{model_fp}"
+
+
+def _model_key(name: str) -> str:
+    """Fingerprint of a model's weights and settings (loads it; cheap next to encoding a corpus)."""
+    from retr.retriever.modeling import DualEncoder
+
+    return DualEncoder.from_pretrained(name).fingerprint()
+
+
+def mteb_record(dataset: str, split: str, metrics: dict[str, float], seconds: float) -> dict[str, Any]:
+    task = MTEB_TASKS.get(dataset.lower(), dataset)
+    families = {"nDCG": "ndcg", "MAP": "map", "Recall": "recall", "P": "precision", "MRR": "mrr"}
+    scores: dict[str, Any] = {}
+    for name, value in metrics.items():
+        family, _, cutoff = name.partition("@")
+        if family in families and cutoff:
+            scores[f"{families[family]}_at_{cutoff}"] = round(value, 5)
+    scores.update(main_score=round(metrics["nDCG@10"], 5), hf_subset="default", languages=["eng-Latn"])
+    revision = None
+    try:
+        import mteb
+
+        revision = mteb.get_task(task).metadata.revision
+        version = mteb.__version__
+    except Exception:
+        version = None
+    return {"dataset_revision": revision, "task_name": task, "mteb_version": version or "2.0.0",
+            "scores": {split: [scores]}, "evaluation_time": round(seconds, 2), "kg_co2_emissions": None}
+
+
+def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: str = "test", k: int = 1000,
+              cache_root: Path | None = None, allow_missing_docs: bool = True, threads: int = 1) -> dict:
+    from retr.retriever.pipeline import build_retriever, describe_retriever
+
+    cache_root = cache_root or out_dir / "cache"
+    table: dict[str, dict[str, float]] = {s.name: {} for s in setups}
+    timings: dict[str, float] = {}
+    for data_dir in datasets:
+        ds = load_beir(data_dir, split, allow_missing_docs=allow_missing_docs)
+        fp = ds.corpus.fingerprint
+        model_keys: dict[str, str] = {}
+        for base in setups:
+            setup = base.resolve(ds.name)
+            if setup is None:
+                log.info("%s: skipping %s (no model for this dataset)", ds.name, base.name)
+                continue
+            t0 = time.perf_counter()
+            index_dir = bm25_dir = None
+            if setup.retriever in ("dense", "hybrid"):
+                model_keys.setdefault(setup.model, _model_key(setup.model))
+                index_dir = _cache_dir(cache_root, fp, "dense", model_keys[setup.model])
+            if setup.retriever in ("bm25", "hybrid"):
+                bm25_dir = _cache_dir(cache_root, fp, "bm25")
+            opts = dict(setup.options)
+            retriever = build_retriever(setup.retriever, ds.corpus, model=setup.model,
+                                        index_dir=index_dir if setup.retriever != "bm25" else bm25_dir,
+                                        bm25_index=bm25_dir, rerank=setup.rerank,
+                                        rerank_top_k=int(opts.pop("rerank_top_k", 100)), **opts)
+            result = evaluate(retriever, ds, k=k, threads=threads, metrics=MTEB_METRICS)
+            seconds = time.perf_counter() - t0
+            timings[f"{setup.name}/{ds.name}"] = round(seconds, 1)
+            table[setup.name][ds.name] = result.metrics["nDCG@10"]
+            record = {**result.to_json(), "setup": setup.name, **describe_retriever(retriever),
+                      "retr_version": retr_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      "machine": machine_info(), "seconds": round(seconds, 2)}
+            write_json_atomic(out_dir / "results" / setup.name / f"{ds.name}.json", record)
+            write_trec_run(result.run, out_dir / "runs" / setup.name / f"{ds.name}.trec", tag=setup.name)
+            task = MTEB_TASKS.get(ds.name.lower(), ds.name)
+            write_json_atomic(out_dir / "mteb" / setup.name / f"{task}.json",
+                              mteb_record(ds.name, split, result.metrics, seconds))
+            log.info("%s / %s: nDCG@10 %.4f (%.0fs)", setup.name, ds.name, result.metrics["nDCG@10"], seconds)
+    names = [d.name for d in datasets]
+    write_leaderboard(table, names, out_dir)
+    summary = {"table": table, "datasets": names, "timings": timings}
+    write_json_atomic(out_dir / "leaderboard.json", summary)
+    return summary
+
+
+def leaderboard_rows(table: dict[str, dict[str, float]], datasets: list[str]) -> list[list[str]]:
+    rows = []
+    for name, scores in table.items():
+        vals = [scores.get(d) for d in datasets]
+        have = [v for v in vals if v is not None]
+        avg = sum(have) / len(have) if len(have) == len(vals) and have else None
+        rows.append([name, *("-" if v is None else f"{v:.4f}" for v in vals), "-" if avg is None else f"{avg:.4f}"])
+    return rows
+
+
+def markdown_table(table: dict[str, dict[str, float]], datasets: list[str]) -> str:
+    head = ["set-up", *datasets, "average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in leaderboard_rows(table, datasets)]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out_dir / "leaderboard.md") as fh:
+        fh.write("nDCG@10, test split\n\n" + markdown_table(table, datasets))
+    with atomic_file(out_dir / "leaderboard.csv") as fh:
+        w = csv.writer(fh)
+        w.writerow(["setup", *datasets, "average"])
+        w.writerows(leaderboard_rows(table, datasets))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(datasets), 4))
+        width = 0.8 / max(1, len(table))
+        for i, (name, scores) in enumerate(table.items()):
+            xs = np.arange(len(datasets)) + i * width
+            ax.bar(xs, [scores.get(d, 0) for d in datasets], width, label=name)
+        ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets)
+        ax.set_ylabel("nDCG@10")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "leaderboard.png", dpi=120)
+        plt.close(fig)
+    except Exception as e:  # the chart is a convenience
+        log.warning("no chart: %s", e)
+
+
+def print_leaderboard(table: dict[str, dict[str, float]], datasets: list[str]):
+    from rich.table import Table
+
+    t = Table(title="nDCG@10")
+    for c in ["set-up", *datasets, "average"]:
+        t.add_column(c, justify="right" if c != "set-up" else "left")
+    for row in leaderboard_rows(table, datasets):
+        t.add_row(*row)
+    return t
