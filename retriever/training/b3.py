@@ -44,7 +44,7 @@ class B3Config:
             raise ValueError("B3 needs p >= 0, m >= 1 and cluster_size >= 1")
 
 
-def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int) -> np.ndarray:
+def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096) -> np.ndarray:
     """[E, 2] edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i."""
     import faiss
 
@@ -52,21 +52,24 @@ def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int
     depth = min(n, p + m + 1)
     index = faiss.IndexFlatIP(positives.shape[1])
     index.add(np.ascontiguousarray(positives, dtype=np.float32))
-    _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
-    edges = []
-    for i, row in enumerate(rows):
-        others = [int(j) for j in row if j != i and j >= 0][p:p + m]
-        edges.extend((i, j) for j in others)
-    return np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    out = []
+    for s in range(0, n, batch):
+        _, rows = index.search(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32), depth)
+        for i, row in zip(range(s, s + len(rows)), rows):
+            others = row[(row != i) & (row >= 0)][p:p + m]  # rank among the *other* examples' positives
+            out.append(np.stack([np.full(len(others), i), others], axis=1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
 
 
-def _adjacency(n: int, edges: np.ndarray) -> list[list[int]]:
-    adj: list[set[int]] = [set() for _ in range(n)]
-    for i, j in edges:
-        if i != j:
-            adj[i].add(int(j))
-            adj[j].add(int(i))
-    return [sorted(a) for a in adj]
+def _csr(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric, de-duplicated adjacency in CSR form (xadj, adjncy), without self loops."""
+    if len(edges) == 0:
+        return np.zeros(n + 1, np.int64), np.zeros(0, np.int64)
+    both = np.concatenate([edges, edges[:, ::-1]])
+    both = np.unique(both[both[:, 0] != both[:, 1]], axis=0)
+    xadj = np.zeros(n + 1, np.int64)
+    np.add.at(xadj, both[:, 0] + 1, 1)
+    return np.cumsum(xadj), both[:, 1].copy()
 
 
 def _normalise_sizes(clusters: list[list[int]], k: int, rng: np.random.Generator) -> list[list[int]]:
@@ -90,13 +93,15 @@ def _normalise_sizes(clusters: list[list[int]], k: int, rng: np.random.Generator
 
 def detect_communities(n: int, edges: np.ndarray, cfg: B3Config) -> list[list[int]]:
     rng = np.random.default_rng(cfg.seed)
-    adj = _adjacency(n, edges)
+    xadj, adjncy = _csr(n, edges)
     parts = max(1, round(n / cfg.cluster_size))
+    pairs = [] if cfg.algorithm == "metis" else [
+        (i, int(j)) for i in range(n) for j in adjncy[xadj[i]:xadj[i + 1]] if i < j]
     if cfg.algorithm == "metis":
         import pymetis
 
         opts = pymetis.Options(seed=cfg.seed)
-        membership = pymetis.part_graph(parts, adjacency=adj, options=opts).vertex_part
+        membership = pymetis.part_graph(parts, xadj=xadj.tolist(), adjncy=adjncy.tolist(), options=opts).vertex_part
         clusters: dict[int, list[int]] = {}
         for i, c in enumerate(membership):
             clusters.setdefault(int(c), []).append(i)
@@ -105,14 +110,14 @@ def detect_communities(n: int, edges: np.ndarray, cfg: B3Config) -> list[list[in
         import igraph as ig
         import leidenalg
 
-        graph = ig.Graph(n=n, edges=[(i, j) for i in range(n) for j in adj[i] if i < j])
+        graph = ig.Graph(n=n, edges=pairs)
         found = [list(c) for c in leidenalg.find_partition(graph, leidenalg.ModularityVertexPartition, seed=cfg.seed)]
     else:
         import networkx as nx
 
         g = nx.Graph()
         g.add_nodes_from(range(n))
-        g.add_edges_from((i, j) for i in range(n) for j in adj[i] if i < j)
+        g.add_edges_from(pairs)
         found = [sorted(c) for c in nx.community.louvain_communities(g, seed=cfg.seed)]
     return _normalise_sizes(found, cfg.cluster_size, rng) if cfg.algorithm != "metis" else found
 

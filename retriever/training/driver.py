@@ -107,8 +107,8 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     emb: dict[str, np.ndarray] = {}
 
     def compute():
-        emb["q"] = teacher.encode_queries(queries, show_progress=True)
-        emb["p"] = teacher.encode_passages(positives, show_progress=True)
+        emb["q"] = _encode_unique(teacher.encode_queries, queries)
+        emb["p"] = _encode_unique(teacher.encode_passages, positives)
         return mine_clusters(emb["q"], emb["p"], b3)
 
     if dist.is_main:
@@ -125,3 +125,11 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
             "random": round(in_batch_negative_similarity(emb["q"], emb["p"], rand), 4)}
     log.info("B3: %s", report)
     return sampler
+
+
+def _encode_unique(encode, texts: list[str]) -> np.ndarray:
+    """Encode each distinct text once (pairs repeat queries; positives repeat across queries)."""
+    uniq = list(dict.fromkeys(texts))
+    vecs = encode(uniq, show_progress=True)
+    pos = {t: i for i, t in enumerate(uniq)}
+    return vecs[[pos[t] for t in texts]]
