@@ -29,5 +29,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -x -m "not slow and not java and not distributed"
 
+bench-beir: install
+	$(BIN)/retr eval --suite benchmarks/beir_suite.yaml -d $(DATA)/scifact -d $(DATA)/nfcorpus -d $(DATA)/arguana --output-dir out/leaderboard
+	$(BIN)/python benchmarks/update_results.py out/leaderboard
+
 clean:
 	rm -rf out build *.egg-info .pytest_cache

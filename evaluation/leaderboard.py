@@ -9,10 +9,10 @@ A suite is a YAML/JSON file::
       - {name: bm25, retriever: bm25}
       - {name: hybrid, retriever: hybrid, model: minilm}
       - {name: minilm-ft, retriever: dense, model: "out/runs/{dataset}-sup/model"}   # skipped where missing
-      - {name: bm25+ce, retriever: bm25, rerank: "out/runs/{dataset}-ce/model", rerank_top_k: 100}
+      - {name: bm25+ce, retriever: bm25, rerank: {nfcorpus: out/ce-nf/model, default: out/ce-sf/model}}
 
-``{dataset}`` in a path is replaced by the dataset's folder name; a set-up whose model path does not exist for
-a dataset is skipped there (shown as "-").
+``{dataset}`` in a path is replaced by the dataset's folder name, and a mapping picks the dataset's entry (or
+``default``); a set-up whose per-dataset model does not exist is skipped there (shown as "-").
 """
 from __future__ import annotations
 
@@ -52,13 +52,19 @@ class Setup:
     options: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, dataset: str) -> "Setup | None":
-        """Fill ``{dataset}``; None when a named local path does not exist for this dataset."""
-        def fill(v):
-            return v.replace("{dataset}", dataset) if isinstance(v, str) else v
-        out = Setup(self.name, self.retriever, fill(self.model), fill(self.rerank), dict(self.options))
-        for path in (out.model, out.rerank):
-            if path and "{dataset}" in str(self.model or "") + str(self.rerank or "") and not Path(path).exists():
+        """Per-dataset model paths: ``{dataset}`` is filled in, a mapping picks the dataset's entry (or
+        ``default``). None when such a per-dataset path is missing (the set-up is skipped there)."""
+        out = Setup(self.name, self.retriever, None, None, dict(self.options))
+        for attr in ("model", "rerank"):
+            value = getattr(self, attr)
+            per_dataset = isinstance(value, dict) or "{dataset}" in str(value or "")
+            if isinstance(value, dict):
+                value = value.get(dataset, value.get("default"))
+            if isinstance(value, str):
+                value = value.replace("{dataset}", dataset)
+            if per_dataset and (value is None or (value.startswith((".", "/", "out")) and not Path(value).exists())):
                 return None
+            setattr(out, attr, value)
         return out
 
 
