@@ -18,6 +18,9 @@ from .encoder import _autocast
 from .resolve import resolve_model_path
 
 
+CE_CONFIG = "retr_cross_encoder.json"  # the max (query + passage) length the model was trained with
+
+
 class CrossEncoder(nn.Module):
     shared = True  # one tower (lets the trainer treat it like a shared-tower model)
 
@@ -43,6 +46,11 @@ class CrossEncoder(nn.Module):
             hf_logging.set_verbosity(verbosity)
         model.eval()
         limit = min(512, int(getattr(model.config, "max_position_embeddings", 512) or 512))
+        own = Path(path) / CE_CONFIG
+        if max_length is None and own.exists():
+            import json
+
+            max_length = int(json.loads(own.read_text()).get("max_length", limit))
         return cls(model, tokenizer, max_length or limit, name=str(name_or_path))
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -50,6 +58,9 @@ class CrossEncoder(nn.Module):
         self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
+        import json
+
+        (directory / CE_CONFIG).write_text(json.dumps({"max_length": self.max_length}))
 
     @property
     def device(self) -> torch.device:
