@@ -26,6 +26,9 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per en
 Threads = Annotated[int, typer.Option("--threads", help="Threads for batch search (FAISS/Lucene).")]
 AllowMissingDocs = Annotated[bool, typer.Option("--allow-missing-docs", help="Keep qrels rows whose corpus-id is not in "
                                                 "corpus.jsonl (BEIR keeps them; ArguAna has 5) instead of failing.")]
+Precision = Annotated[str, typer.Option("--precision", help="Inference autocast: auto (fp16 on CUDA, fp32 on CPU), "
+                                        "fp32, fp16 or bf16 (about 1.7x faster on CPUs with AVX512-BF16, "
+                                        "embeddings differ by ~1e-3).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 

@@ -22,7 +22,7 @@ def encode_command(
     num_shards: Annotated[Optional[int], typer.Option("--num-shards", help="How many shards the corpus is split into "
                                                        "(default: torchrun WORLD_SIZE, else 1).")] = None,
     batch_size: common.BatchSize = 64,
-    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16 (inference autocast).")] = "auto",
+    precision: common.Precision = "auto",
     pooling: common.Pooling = None,
     normalize: common.Normalize = None,
     passage_prefix: common.PassagePrefix = None,

@@ -47,6 +47,7 @@ def eval_command(
                                                        "(matters for ArguAna).")] = True,
     allow_missing_docs: common.AllowMissingDocs = False,
     batch_size: common.BatchSize = 64,
+    precision: common.Precision = "auto",
     threads: common.Threads = 1,
     pooling: common.Pooling = None,
     normalize: common.Normalize = None,
@@ -86,7 +87,7 @@ def eval_command(
                                          passage_max_length)
     retriever = build_retriever(retriever_kind, dataset.corpus, model=model, index_dir=index, bm25_index=bm25_index,
                                 fusion=fusion, alpha=alpha, rrf_k=rrf_k, k1=k1, b=b, rerank=rerank,
-                                rerank_top_k=rerank_top_k, batch_size=batch_size, **overrides)
+                                rerank_top_k=rerank_top_k, batch_size=batch_size, precision=precision, **overrides)
     result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads)
     common.console().print(metrics_table({f"{dataset.name} ({split})": result.metrics}, title=retriever.name))
     if run:

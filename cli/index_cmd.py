@@ -45,6 +45,7 @@ def index_command(
     store_vectors: Annotated[bool, typer.Option("--store-vectors", help="Keep float32 vectors beside the index for exact "
                                                 "re-scoring (`retr search --rescore`).")] = False,
     batch_size: common.BatchSize = 64,
+    precision: common.Precision = "auto",
     pooling: common.Pooling = None,
     normalize: common.Normalize = None,
     query_prefix: common.QueryPrefix = None,
@@ -96,6 +97,7 @@ def index_command(
         common.console().print(f"[green]appended[/green] {added} new documents to {output}")
         return
     encoder = DualEncoder.from_pretrained(model, **overrides)
+    encoder.set_precision(precision)
     retriever = DenseRetriever.build(encoder, corpus, output, spec=spec, batch_size=batch_size)
     meta = retriever.index.meta
     common.console().print(f"[green]wrote[/green] {output}: {meta['factory']} index of {meta['count']} docs, dim {meta['dim']}")

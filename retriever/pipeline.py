@@ -17,11 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
-                        index_dir: str | os.PathLike | None = None, batch_size: int = 64,
+                        index_dir: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "auto",
                         **encoder_overrides: Any) -> DenseRetriever:
-    """Open ``index_dir`` when it exists (checking it indexes ``corpus``), else encode and index the corpus."""
+    """Open ``index_dir`` when it exists (checking it indexes ``corpus``), else encode and index the corpus.
+    ``precision`` is the inference autocast (auto = fp16 on CUDA, fp32 on CPU; bf16 is faster on recent CPUs)."""
     if index_dir is not None and (Path(index_dir) / "meta.json").exists():
         retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
+        retriever.encoder.set_precision(precision)
         built_on = (retriever.index.meta.get("corpus") or {}).get("fingerprint")
         if built_on != corpus.fingerprint:
             raise ArtifactError(f"{index_dir}: index was built from another corpus (fingerprint {built_on}, "
@@ -31,6 +33,7 @@ def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
     if model is None:
         raise ValueError("--model is required when no existing --index is given")
     encoder = model if isinstance(model, DualEncoder) else DualEncoder.from_pretrained(model, **encoder_overrides)
+    encoder.set_precision(precision)
     return DenseRetriever.build(encoder, corpus, index_dir=index_dir, batch_size=batch_size)
 
 
@@ -48,11 +51,11 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
                     index_dir: str | os.PathLike | None = None, bm25_index: str | os.PathLike | None = None,
                     fusion: str = "rrf", alpha: float = 0.5, rrf_k: int = 60, k1: float = 0.9, b: float = 0.4,
                     rerank: str | None = None, rerank_top_k: int = 100, rerank_batch_size: int = 32,
-                    batch_size: int = 64, **encoder_overrides: Any):
+                    batch_size: int = 64, precision: str = "auto", **encoder_overrides: Any):
     """``dense`` | ``bm25`` | ``hybrid`` first stage over ``corpus``, optionally followed by a cross-encoder."""
     if kind == "dense":
         retriever = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
-                                        **encoder_overrides)
+                                        precision=precision, **encoder_overrides)
     elif kind in ("bm25", "hybrid"):
         from .bm25 import BM25Retriever
 
@@ -63,15 +66,16 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
             from .hybrid import HybridRetriever
 
             dense = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
-                                        **encoder_overrides)
+                                        precision=precision, **encoder_overrides)
             retriever = HybridRetriever(sparse, dense, method=fusion, alpha=alpha, rrf_k=rrf_k)
     else:
         raise ValueError(f"unknown retriever {kind!r} (use dense, bm25 or hybrid)")
     if rerank:
         from .rerank import Reranker, RerankingRetriever
 
-        retriever = RerankingRetriever(retriever, Reranker(rerank, batch_size=rerank_batch_size, show_progress=True),
-                                       corpus, top_k=rerank_top_k)
+        reranker = Reranker(rerank, batch_size=rerank_batch_size, show_progress=True)
+        reranker.model.precision = precision
+        retriever = RerankingRetriever(retriever, reranker, corpus, top_k=rerank_top_k)
     return retriever
 
 

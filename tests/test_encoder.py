@@ -108,3 +108,16 @@ def test_reads_sentence_transformers_pooling_config(tmp_path, tiny_model_dir):
 def test_empty_input(tiny_model_dir):
     enc = Encoder.from_pretrained(tiny_model_dir)
     assert enc.encode([]).shape == (0, enc.dim)
+
+
+def test_bf16_autocast_is_close_but_not_identical(tiny_model_dir):
+    enc = Encoder.from_pretrained(tiny_model_dir)
+    fp32 = enc.encode(TEXTS)
+    enc.precision = "bf16"
+    bf16 = enc.encode(TEXTS)
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, fp32, atol=3e-2)
+    assert not np.array_equal(bf16, fp32)
+    enc.precision = "half-baked"
+    with pytest.raises(ValueError, match="precision must be"):
+        enc.encode(TEXTS)
