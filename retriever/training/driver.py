@@ -103,12 +103,12 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     queries = [e.query for e in examples]
     positives = [e.positives[0].joined(teacher.passage_tower.config.title_sep) for e in examples]
     cache = cfg.b3_cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "retr", "b3")
-    key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, positives), **b3.__dict__}
+    data_key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, positives)}
+    key = {**data_key, **b3.__dict__}
     emb: dict[str, np.ndarray] = {}
 
     def compute():
-        emb["q"] = _encode_unique(teacher.encode_queries, queries)
-        emb["p"] = _encode_unique(teacher.encode_passages, positives)
+        emb.update(_teacher_embeddings(teacher, queries, positives, cache, data_key))
         return mine_clusters(emb["q"], emb["p"], b3)
 
     if dist.is_main:
@@ -133,3 +133,24 @@ def _encode_unique(encode, texts: list[str]) -> np.ndarray:
     vecs = encode(uniq, show_progress=True)
     pos = {t: i for i, t in enumerate(uniq)}
     return vecs[[pos[t] for t in texts]]
+
+
+def _teacher_embeddings(teacher: DualEncoder, queries: list[str], positives: list[str], cache: str,
+                        data_key: dict) -> dict[str, np.ndarray]:
+    """Teacher embeddings of the examples, cached (npz, no pickle) so other seeds / p / m / K reuse them."""
+    import hashlib
+    import json
+    import os
+
+    key = hashlib.sha256(json.dumps(data_key, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cache, f"b3-emb-{key}.npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as data:
+            return {"q": data["q"], "p": data["p"]}
+    out = {"q": _encode_unique(teacher.encode_queries, queries), "p": _encode_unique(teacher.encode_passages, positives)}
+    from retr.indexing.atomic import atomic_file
+
+    os.makedirs(cache, exist_ok=True)
+    with atomic_file(path, "wb") as fh:
+        np.savez(fh, **out)
+    return out

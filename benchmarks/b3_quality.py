@@ -1,0 +1,110 @@
+"""B3 vs random batches, same batch size and steps, several seeds: fine-tune all-MiniLM-L6-v2 on a train split
+with in-batch negatives only (so the batch composition is the only difference), evaluate nDCG@10 on test.
+
+    .venv/bin/python benchmarks/b3_quality.py [--datasets scifact nfcorpus] [--seeds 1 2 3] [--big-batch 128]
+
+To fit the study on a 2-core CPU: passages truncated to 128 tokens (train and eval; the untrained baseline is
+measured the same way), bf16 autocast for training and evaluation. SciFact trains on its 809 train queries
+(one random positive each epoch), NFCorpus on its 110,575 (query, positive) pairs (`--pairs`; same-query
+positives masked). Also: random batches of --big-batch (GradCache, chunk 32) for the same number of steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+STEPS = {"scifact": 75, "nfcorpus": 150}
+
+
+def evaluate_model(model, dataset) -> float:
+    from retr.evaluation import evaluate
+    from retr.retriever.search import DenseRetriever
+
+    model.set_precision("bf16")
+    return evaluate(DenseRetriever.build(model, dataset.corpus, show_progress=False, batch_size=128), dataset,
+                    k=100, metrics=("nDCG@10",)).metrics["nDCG@10"]
+
+
+def run(name: str, batching: str, seed: int, batch: int, out: str, args) -> float:
+    from retr.retriever.data import load_beir
+    from retr.retriever.training.arguments import TrainConfig
+    from retr.retriever.training.driver import build_trainer
+
+    big = batch > 32
+    cfg = TrainConfig(output_dir=os.path.join(out, f"{name}-{batching}-b{batch}-s{seed}"), model="minilm",
+                      train_data=[os.path.join(args.data, name)], train_split="train", pairs=name == "nfcorpus",
+                      train_negatives=0, batch_size=batch, max_steps=STEPS[name], lr=args.lr, seed=seed,
+                      query_max_length=64, passage_max_length=128, precision="bf16", batching=batching,
+                      b3_p=args.p, b3_m=args.m, b3_cluster_size=args.k, b3_cache=os.path.join(out, "b3-cache"),
+                      grad_cache=big, gc_query_chunk=32, gc_passage_chunk=32, save_steps=0, logging_steps=25)
+    trainer = build_trainer(cfg)
+    trainer.train()
+    return evaluate_model(trainer.model, load_beir(os.path.join(args.data, name), "test"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=DATA)
+    ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--big-batch", type=int, default=128)
+    ap.add_argument("--big-seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--p", type=int, default=30)
+    ap.add_argument("--m", type=int, default=100)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--out", default="out/b3-quality")
+    args = ap.parse_args()
+
+    from retr.retriever.data import load_beir
+    from retr.retriever.modeling import DualEncoder
+
+    results: dict = {}
+    path = os.path.join(args.out, "results.json")
+    if os.path.exists(path):
+        results = json.load(open(path))
+    os.makedirs(args.out, exist_ok=True)
+
+    def record(key, fn):
+        if key not in results:
+            t0 = time.perf_counter()
+            results[key] = {"ndcg10": fn(), "seconds": round(time.perf_counter() - t0)}
+            json.dump(results, open(path, "w"), indent=1)
+        print(key, results[key], flush=True)
+        return results[key]["ndcg10"]
+
+    for name in args.datasets:
+        ds = load_beir(os.path.join(args.data, name), "test")
+        record(f"{name}/base", lambda: evaluate_model(DualEncoder.from_pretrained("minilm", passage_max_length=128,
+                                                                                  query_max_length=64), ds))
+        for seed in args.seeds:
+            for batching in ("random", "b3"):
+                record(f"{name}/{batching}/32/{seed}", lambda: run(name, batching, seed, 32, args.out, args))
+        for seed in args.big_seeds:
+            record(f"{name}/random/{args.big_batch}/{seed}", lambda: run(name, "random", seed, args.big_batch,
+                                                                          args.out, args))
+
+    def stats(prefix):
+        vals = [v["ndcg10"] for k, v in results.items() if k.startswith(prefix + "/")]
+        if not vals:
+            return "-"
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.4f} ± {sd:.4f} (n={len(vals)})"
+
+    print(f"\nnDCG@10 (test), MiniLM fine-tuned with in-batch negatives only; B3 p={args.p} m={args.m} K={args.k}; "
+          f"steps {STEPS}")
+    print(f"| dataset | untrained | random, batch 32 | B3, batch 32 | random, batch {args.big_batch} |")
+    print("|---|---|---|---|---|")
+    for name in args.datasets:
+        base = results.get(f"{name}/base", {}).get("ndcg10")
+        print(f"| {name} | {base:.4f} | {stats(f'{name}/random/32')} | {stats(f'{name}/b3/32')} | "
+              f"{stats(f'{name}/random/{args.big_batch}')} |")
+
+
+if __name__ == "__main__":
+    main()
