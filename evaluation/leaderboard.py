@@ -17,6 +17,7 @@ A suite is a YAML/JSON file::
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import time
@@ -65,6 +66,8 @@ class Setup:
             if per_dataset and (value is None or (value.startswith((".", "/", "out")) and not Path(value).exists())):
                 return None
             setattr(out, attr, value)
+        out.options = {k: (v.get(dataset, v.get("default")) if isinstance(v, dict) else v) for k, v in self.options.items()}
+        out.options = {k: v for k, v in out.options.items() if v is not None}
         return out
 
 
@@ -176,7 +179,10 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
                                         index_dir=index_dir if setup.retriever != "bm25" else bm25_dir,
                                         bm25_index=bm25_dir, rerank=setup.rerank,
                                         rerank_top_k=int(opts.pop("rerank_top_k", 100)), **opts)
-            result = evaluate(retriever, ds, k=k, threads=threads, metrics=MTEB_METRICS)
+            run_key = None
+            if setup.rerank:  # reranking is the expensive part: its run is cached by everything that shapes it
+                run_key = _run_key(setup, fp, model_keys, ds, k, split)
+            result = _cached_or_evaluate(retriever, ds, k, threads, cache_root, run_key)
             seconds = time.perf_counter() - t0
             timings[f"{setup.name}/{ds.name}"] = round(seconds, 1)
             table[setup.name][ds.name] = result.metrics["nDCG@10"]
@@ -194,6 +200,45 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
     summary = {"table": table, "datasets": names, "timings": timings}
     write_json_atomic(out_dir / "leaderboard.json", summary)
     return summary
+
+
+def _files_fingerprint(path: str) -> str:
+    """sha256 of a model directory's weight and config files (no need to load the model)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.json")) if p.is_dir() else []
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16] if files else path
+
+
+def _run_key(setup: Setup, corpus_fp: str, model_keys: dict[str, str], ds, k: int, split: str) -> str:
+    queries = hashlib.sha256(json.dumps(ds.eval_queries, sort_keys=True).encode()).hexdigest()[:16]
+    parts = {"retriever": setup.retriever, "model": model_keys.get(setup.model, setup.model),
+             "rerank": _files_fingerprint(setup.rerank), "options": setup.options, "corpus": corpus_fp,
+             "queries": queries, "k": k, "split": split}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached_or_evaluate(retriever, ds, k: int, threads: int, cache_root: Path, run_key: str | None):
+    from retr.retriever.data.trec import read_trec_run
+    from retr.retriever.hits import run_to_dict
+
+    from .evaluate import EvalResult
+    from .metrics import compute_metrics
+
+    path = cache_root / "runs" / f"{run_key}.trec" if run_key else None
+    if path is not None and path.exists():
+        run = read_trec_run(path)
+        log.info("reusing cached run %s", path)
+        return EvalResult(compute_metrics(ds.qrels, run_to_dict(run), MTEB_METRICS), run, len(run), 0.0,
+                          {"dataset": ds.name, "split": ds.split, "k": k, "ignore_identical_ids": True,
+                           "cached_run": str(path)})
+    result = evaluate(retriever, ds, k=k, threads=threads, metrics=MTEB_METRICS)
+    if path is not None:
+        write_trec_run(result.run, path, tag="cached")
+    return result
 
 
 def leaderboard_rows(table: dict[str, dict[str, float]], datasets: list[str]) -> list[list[str]]:

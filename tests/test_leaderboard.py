@@ -73,3 +73,27 @@ def test_bad_suite(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text("setups:\n  - {name: x, retriever: dense}\n")
     code, _, err = run_cli(["eval", "--suite", tmp_path / "s.yaml", "-d", tmp_path], capsys)
     assert code == 2 and "retriever 'dense' needs a model" in err
+
+
+def test_reranked_runs_are_cached_and_options_per_dataset(two_datasets, tiny_model_dir, tmp_path, capsys):
+    from retr.retriever.modeling.cross_encoder import CrossEncoder
+
+    CrossEncoder.from_pretrained(tiny_model_dir).save(tmp_path / "ce")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"""setups:
+  - name: rr
+    retriever: dense
+    model: "{tiny_model_dir}"
+    rerank: "{tmp_path}/ce"
+    rerank_top_k: {{other: 2, default: 4}}
+""")
+    out = tmp_path / "lb"
+    args = ["eval", "--suite", suite, "-d", two_datasets, "--output-dir", out, "-k", "5"]
+    assert run_cli(args, capsys)[0] == 0
+    first = json.loads((out / "leaderboard.json").read_text())
+    assert json.loads((out / "results" / "rr" / "other.json").read_text())["rerank"]["top_k"] == 2
+    assert json.loads((out / "results" / "rr" / "scifact.json").read_text())["rerank"]["top_k"] == 4
+    assert len(list((out / "cache" / "runs").glob("*.trec"))) == 2
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "reusing cached run" in err
+    assert json.loads((out / "leaderboard.json").read_text())["table"] == first["table"]
