@@ -23,7 +23,7 @@ PassagePrefix = Annotated[Optional[str], typer.Option("--passage-prefix", help="
 QueryMaxLen = Annotated[Optional[int], typer.Option("--query-max-length", help="Max query tokens (default: model's max_seq_length).")]
 PassageMaxLen = Annotated[Optional[int], typer.Option("--passage-max-length", help="Max passage tokens (default: model's max_seq_length).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per encoder forward pass.")]
-Threads = Annotated[int, typer.Option("--threads", help="Threads for batch search (FAISS/Lucene).")]
+Threads = Annotated[int, typer.Option("--threads", help="Threads for batch search (FAISS/Lucene); 0 = all cores.")]
 AllowMissingDocs = Annotated[bool, typer.Option("--allow-missing-docs", help="Keep qrels rows whose corpus-id is not in "
                                                 "corpus.jsonl (BEIR keeps them; ArguAna has 5) instead of failing.")]
 Precision = Annotated[str, typer.Option("--precision", help="Inference autocast: auto (fp16 on CUDA, fp32 on CPU), "

@@ -48,7 +48,7 @@ def eval_command(
     allow_missing_docs: common.AllowMissingDocs = False,
     batch_size: common.BatchSize = 64,
     precision: common.Precision = "auto",
-    threads: common.Threads = 1,
+    threads: common.Threads = 0,
     pooling: common.Pooling = None,
     normalize: common.Normalize = None,
     query_prefix: common.QueryPrefix = None,

@@ -25,7 +25,7 @@ def mine_command(
     num_negatives: Annotated[int, typer.Option("--num-negatives", help="Negatives sampled from the window per query "
                                                 "(0 = the whole window).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling within the window.")] = 0,
-    threads: common.Threads = 1,
+    threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
     verbose: common.Verbose = False,
 ) -> None:

@@ -27,7 +27,7 @@ def search_command(
     mmap: Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")] = False,
     k1: Annotated[float, typer.Option("--k1", help="BM25 k1 (BM25 indexes).")] = 0.9,
     b: Annotated[float, typer.Option("--b", help="BM25 b (BM25 indexes).")] = 0.4,
-    threads: common.Threads = 1,
+    threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
     verbose: common.Verbose = False,
 ) -> None:

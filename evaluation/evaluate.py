@@ -34,7 +34,7 @@ def remove_identical_ids(run: Run, k: int | None = None) -> Run:
 
 
 def evaluate(retriever: Any, dataset: BeirDataset, k: int = 1000, ignore_identical_ids: bool = True,
-             metrics: Iterable[str] = DEFAULT_METRICS, threads: int = 1) -> EvalResult:
+             metrics: Iterable[str] = DEFAULT_METRICS, threads: int = 0) -> EvalResult:
     """Search every judged query of ``dataset`` (top ``k``) and compute metrics against its qrels."""
     queries = dataset.eval_queries
     qids = list(queries)

@@ -152,7 +152,7 @@ def mteb_record(dataset: str, split: str, metrics: dict[str, float], seconds: fl
 
 
 def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: str = "test", k: int = 1000,
-              cache_root: Path | None = None, allow_missing_docs: bool = True, threads: int = 1) -> dict:
+              cache_root: Path | None = None, allow_missing_docs: bool = True, threads: int = 0) -> dict:
     from retr.retriever.pipeline import build_retriever, describe_retriever
 
     cache_root = cache_root or out_dir / "cache"

@@ -191,13 +191,17 @@ class FaissIndex:
         queries = _as_f32(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise IndexMismatchError(f"query vectors have dim {queries.shape[-1]}, index has {self.dim}")
-        if threads:
-            faiss.omp_set_num_threads(int(threads))
         k_eff = min(k, len(self.docids))
         if k_eff <= 0:
             return np.zeros((len(queries), 0), np.float32), [[] for _ in queries]
         fetch = max(k_eff, min(rescore or 0, len(self.docids)))
-        scores, rows = self.index.search(queries, fetch)
+        previous = faiss.omp_get_max_threads()
+        if threads:
+            faiss.omp_set_num_threads(int(threads))
+        try:
+            scores, rows = self.index.search(queries, fetch)
+        finally:
+            faiss.omp_set_num_threads(previous)
         if rescore:
             scores, rows = self._rescore(queries, rows, k_eff)
         else:

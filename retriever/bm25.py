@@ -61,8 +61,9 @@ class BM25Retriever:
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return [Hit(h.docid, float(h.score), i + 1) for i, h in enumerate(self.searcher.search(query, k))]
 
-    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1) -> Run:
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 0) -> Run:
         if len(queries) != len(qids):
             raise ValueError(f"{len(queries)} queries but {len(qids)} qids")
-        out = self.searcher.batch_search(list(queries), list(qids), k=k, threads=max(1, threads))
+        threads = threads if threads and threads > 0 else (os.cpu_count() or 1)
+        out = self.searcher.batch_search(list(queries), list(qids), k=k, threads=threads)
         return {q: [Hit(h.docid, float(h.score), i + 1) for i, h in enumerate(out.get(q, []))] for q in qids}

@@ -49,7 +49,7 @@ class HybridRetriever:
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return self.batch_search([query], ["q"], k=k)["q"]
 
-    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1) -> Run:
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 0) -> Run:
         depth = max(k, self.depth)
         runs = [self.sparse.batch_search(queries, qids, k=depth, threads=threads),
                 self.dense.batch_search(queries, qids, k=depth, threads=threads)]

@@ -28,7 +28,7 @@ class MiningConfig:
             raise ValueError(f"need 1 <= range_min <= range_max, got {self.range_min}..{self.range_max}")
 
 
-def mine_negatives(teacher, dataset: BeirDataset, cfg: MiningConfig, threads: int = 1) -> list[TrainExample]:
+def mine_negatives(teacher, dataset: BeirDataset, cfg: MiningConfig, threads: int = 0) -> list[TrainExample]:
     """Training examples of ``dataset``'s split with negatives from ``teacher``'s ranks range_min..range_max."""
     base = examples_from_beir(dataset)
     run = teacher.batch_search([e.query for e in base], [e.query_id for e in base], k=cfg.range_max, threads=threads)

@@ -80,7 +80,7 @@ class RerankingRetriever:
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return self.batch_search([query], ["q"], k=k)["q"]
 
-    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1) -> Run:
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 0) -> Run:
         run = self.first_stage.batch_search(queries, qids, k=max(k, self.top_k), threads=threads)
         reranked = self.reranker.rerank_run(dict(zip(qids, queries)), run, self.corpus, self.top_k)
         return {q: hits[:k] for q, hits in reranked.items()}

@@ -28,7 +28,7 @@ class Retriever(Protocol):
     def search(self, query: str, k: int = 10) -> list[Hit]: ...
 
     def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10,
-                     threads: int = 1) -> Run: ...
+                     threads: int = 0) -> Run: ...
 
 
 class DenseRetriever:
@@ -78,7 +78,7 @@ class DenseRetriever:
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return self.batch_search([query], ["q"], k=k)["q"]
 
-    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1,
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 0,
                      rescore: int | None = None) -> Run:
         if len(queries) != len(qids):
             raise ValueError(f"{len(queries)} queries but {len(qids)} qids")
