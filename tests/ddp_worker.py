@@ -13,10 +13,11 @@ from retr.retriever.training.driver import build_trainer
 from retr.retriever.training.samplers import local_slice
 
 
-def config(model_dir: str, data_dir: str, out: str, grad_cache: bool, gather: bool) -> TrainConfig:
+def config(model_dir: str, data_dir: str, out: str, grad_cache: bool, gather: bool, mode: str = "supervised") -> TrainConfig:
     return TrainConfig(output_dir=out, model=model_dir, train_data=[data_dir], train_split="test", batch_size=4,
                        train_negatives=1, lr=1e-3, warmup_ratio=0.0, max_steps=1, seed=5, grad_cache=grad_cache,
-                       gc_query_chunk=1, gc_passage_chunk=3, gather_negatives=gather, max_grad_norm=None)
+                       gc_query_chunk=1, gc_passage_chunk=3, gather_negatives=gather, max_grad_norm=None, mode=mode,
+                       chunk_length=8, queue_size=16, momentum=0.5)
 
 
 def one_step(cfg: TrainConfig, dist=None) -> dict[str, torch.Tensor]:
@@ -28,12 +29,14 @@ def one_step(cfg: TrainConfig, dist=None) -> dict[str, torch.Tensor]:
     out = {f"grad.{n}": p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     trainer.optimizer_step()
     out.update({f"param.{n}": p.detach().clone() for n, p in trainer.model.named_parameters()})
+    out.update({f"task.{n}": t.detach().clone() for n, t in trainer.task.state_dict().items() if "queue" in n})
     return out
 
 
 if __name__ == "__main__":
     model_dir, data_dir, out, grad_cache, gather = sys.argv[1:6]
+    mode = sys.argv[6] if len(sys.argv) > 6 else "supervised"
     dist = init_distributed()
-    result = one_step(config(model_dir, data_dir, out, grad_cache == "1", gather == "1"), dist)
+    result = one_step(config(model_dir, data_dir, out, grad_cache == "1", gather == "1", mode), dist)
     if dist.is_main:
         save_file({k: v.contiguous() for k, v in result.items()}, out + "/rank0.safetensors")

@@ -39,14 +39,18 @@ def nodrop_dir(tmp_path_factory):
     return make_tiny_bert(tmp_path_factory.mktemp("nodrop"), dropout=0.0)
 
 
-@pytest.mark.parametrize("grad_cache", ["0", "1"])
-def test_two_ranks_equal_one_process_on_global_batch(tmp_path, nodrop_dir, tiny_beir, grad_cache):
+@pytest.mark.parametrize("grad_cache,mode", [("0", "supervised"), ("1", "supervised"), ("1", "unsupervised")])
+def test_two_ranks_equal_one_process_on_global_batch(tmp_path, nodrop_dir, tiny_beir, grad_cache, mode):
+    """Supervised InfoNCE with a hard negative (plain and GradCache) and MoCo (keys gathered into the queue)."""
     sys.path.insert(0, str(REPO / "tests"))
     from ddp_worker import config, one_step
 
-    torchrun([str(REPO / "tests" / "ddp_worker.py"), str(nodrop_dir), str(tiny_beir), str(tmp_path), grad_cache, "1"])
+    torchrun([str(REPO / "tests" / "ddp_worker.py"), str(nodrop_dir), str(tiny_beir), str(tmp_path), grad_cache, "1",
+              mode])
     ddp = load_file(str(tmp_path / "rank0.safetensors"))
-    single = one_step(config(str(nodrop_dir), str(tiny_beir), str(tmp_path / "single"), grad_cache == "1", True))
+    single = one_step(config(str(nodrop_dir), str(tiny_beir), str(tmp_path / "single"), grad_cache == "1", True, mode))
+    if mode == "unsupervised":
+        assert any(k.startswith("task.") for k in single)  # the MoCo queue holds the global batch's keys
     assert ddp.keys() == single.keys()
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-4, msg=k)
