@@ -137,3 +137,16 @@ def test_config_file_and_unknown_key(tmp_path, capsys, tiny_model_dir):
     (tmp_path / "bad.yaml").write_text("batch_sise: 8\n")
     code, _, err = run_cli(["train", "-c", tmp_path / "bad.yaml", "-o", tmp_path / "o"], capsys)
     assert code == 2 and "bad.yaml: unknown option 'batch_sise'" in err
+
+
+def test_run_meta_records_what_made_it(tiny_beir, tiny_model_dir, tmp_path):
+    calls = []
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), train_data=[str(tiny_beir)],
+                      train_split="test", batch_size=4, max_steps=2, save_steps=0, eval_steps=1)
+    trainer = build_trainer(cfg, eval_fn=lambda model: calls.append(1) or {"nDCG@10": 0.5})
+    trainer.train()
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["data_fingerprint"] and meta["retr_version"] and meta["config"]["batch_size"] == 4
+    assert len(calls) == 3  # before training (start of the curve), after step 1 and after step 2
+    log = [json.loads(l) for l in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval/nDCG@10" in r] == [0, 1, 2]

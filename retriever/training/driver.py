@@ -63,6 +63,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     if cfg.mode == "supervised":
         examples = supervised_examples(cfg)
         collate = SupervisedCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
+        fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
         task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
         n = len(examples)
     elif cfg.mode == "unsupervised":
@@ -71,6 +72,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         chunks = chunk_corpus(read_texts(cfg.train_data), tok, crop)
         log.info("%d chunks of up to %d tokens", len(chunks), crop.chunk_length)
         pairs = ContrieverPairs(chunks, tok.cls_token_id, tok.sep_token_id, crop, seed=cfg.seed)
+        fingerprint = _fingerprint(c.tobytes() for c in chunks)
         collate = CropPairCollator(pairs, tok.pad_token_id or 0)
         if cfg.moco:
             task = MoCoTask(MoCoLoss(model.dim, cfg.queue_size, cfg.temperature, cfg.similarity), model, cfg.momentum)
@@ -80,6 +82,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     else:  # reranker: a cross-encoder over (query, positive, negatives) groups
         examples = supervised_examples(cfg)
         collate = RerankCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
+        fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
         task = RerankTask(ListwiseSoftmaxLoss(1 + cfg.train_negatives))
         n = len(examples)
     if sampler is None and cfg.batching == "b3":
@@ -87,7 +90,18 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
             raise ValueError("B3 batching needs (query, positive) examples: use --mode supervised or reranker")
         sampler = b3_sampler(examples, cfg, dist or DistInfo())
     sampler = sampler or RandomBatchSampler(n, cfg.batch_size, seed=cfg.seed)
-    return Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)
+    trainer = Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)
+    trainer.data_fingerprint = fingerprint
+    return trainer
+
+
+def _fingerprint(parts) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+    return h.hexdigest()[:16]
 
 
 def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):

@@ -77,6 +77,7 @@ class Trainer:
         self.global_step, self.epoch, self.next_batch = 0, 0, 0
         self._extras: dict[str, torch.Tensor] = {}
         self.resumed_from: Path | None = None
+        self.data_fingerprint = ""  # set by the driver: what the examples were
         self.output = Path(config.output_dir)
 
     # ---------- one step ----------
@@ -190,6 +191,8 @@ class Trainer:
                  cfg.batch_size, ", GradCache" if cfg.grad_cache else "",
                  f", {self.dist.world_size} ranks" if self.dist.enabled else "")
         t0, seen, losses, last_eval = time.perf_counter(), 0, [], {}
+        if self.eval_fn and cfg.eval_steps and self.global_step == 0:
+            self._evaluate(logger)  # the start of the curve
         progress = _progress(self.total_steps, self.global_step, self.dist.is_main)
         for epoch, b, batch in iterate(self.sampler, self.epoch, self.next_batch, epochs):
             if self.global_step >= self.total_steps:
@@ -219,7 +222,11 @@ class Trainer:
         if self.dist.is_main:
             with atomic_dir(self.output / "model") as tmp:
                 self.model.save(tmp)
-            write_json_atomic(self.output / "meta.json", {"made_by": "retr train", "config": cfg.to_json(), **summary})
+            from retr.indexing.versions import machine_info, retr_version
+
+            write_json_atomic(self.output / "meta.json", {
+                "made_by": "retr train", "retr_version": retr_version(), "config": cfg.to_json(),
+                "data_fingerprint": self.data_fingerprint, "machine": machine_info(), **summary})
             logger.close()
         barrier(self.dist)
         return summary
