@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from retr.indexing.atomic import ArtifactError
 from retr.indexing.lucene import build_lucene_index, open_lucene_searcher
 
 from .data.beir import Corpus
@@ -50,10 +49,7 @@ class BM25Retriever:
         index_dir = Path(index_dir)
         if (index_dir / "meta.json").exists():
             retriever = cls(index_dir, k1, b)
-            built_on = (retriever.meta.get("corpus") or {}).get("fingerprint")
-            if built_on != corpus.fingerprint:
-                raise ArtifactError(f"{index_dir}: BM25 index was built from another corpus (fingerprint {built_on}, "
-                                    f"this corpus {corpus.fingerprint})")
+            corpus.check_indexed_by(retriever.meta, index_dir)
             log.info("reusing BM25 index %s", index_dir)
             return retriever
         return cls.build(corpus, index_dir, threads=threads, k1=k1, b=b)

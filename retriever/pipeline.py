@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from retr.indexing.atomic import ArtifactError
 
 from .data.beir import Corpus
 from .modeling.dual_encoder import DualEncoder
@@ -24,10 +23,7 @@ def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
     if index_dir is not None and (Path(index_dir) / "meta.json").exists():
         retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
         retriever.encoder.set_precision(precision)
-        built_on = (retriever.index.meta.get("corpus") or {}).get("fingerprint")
-        if built_on != corpus.fingerprint:
-            raise ArtifactError(f"{index_dir}: index was built from another corpus (fingerprint {built_on}, "
-                                f"this corpus {corpus.fingerprint}); choose another --index directory")
+        corpus.check_indexed_by(retriever.index.meta, index_dir)
         log.info("reusing index %s", index_dir)
         return retriever
     if model is None:

@@ -93,3 +93,12 @@ def test_index_with_other_model_settings_is_refused(tiny_beir, tiny_model_dir, t
     retrained = make_tiny_bert(tmp_path / "other-weights", seed=1)
     code, _, err = run_cli(["search", "-i", tmp_path / "idx", "-q", "x", "--model", retrained], capsys)
     assert code == 2 and "passage_fingerprint" in err
+
+
+def test_index_of_another_corpus_is_refused(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    from conftest import DOCS, write_beir
+
+    other = write_beir(tmp_path / "other", docs=DOCS[:6], qrels=[("q1", "d1", 1)])
+    assert run_cli(["index", "-m", tiny_model_dir, "-d", other, "-o", tmp_path / "idx"], capsys)[0] == 0
+    code, _, err = run_cli(["eval", "-d", tiny_beir, "-i", tmp_path / "idx"], capsys)
+    assert code == 2 and "index was built from another corpus" in err

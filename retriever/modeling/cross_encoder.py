@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoder import _autocast
+from .encoder import inference
 from .resolve import resolve_model_path
 
 
@@ -87,24 +87,12 @@ class CrossEncoder(nn.Module):
         lengths = [len(q) + len(p) for q, p in zip(queries, passages)]
         order = np.argsort(lengths)[::-1]
         out = np.empty(n, dtype=np.float32)
-        was_training = self.training
-        self.eval()
-        bar = None
-        if show_progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, desc="rerank", unit="pair")
-        try:
-            with torch.inference_mode(), _autocast(self.device, self.precision):
-                for s in range(0, n, batch_size):
-                    rows = order[s:s + batch_size]
-                    inputs = self.tokenize([queries[i] for i in rows], [passages[i] for i in rows])
-                    out[rows] = self._logits({k: v.to(self.device) for k, v in inputs.items()}).float().cpu().numpy()
-                    if bar is not None:
-                        bar.update(len(rows))
-        finally:
-            if bar is not None:
-                bar.close()
-            self.train(was_training)
+        with inference(self, self.device, self.precision, n, "rerank", show_progress, unit="pair") as advance:
+            for s in range(0, n, batch_size):
+                rows = order[s:s + batch_size]
+                inputs = self.tokenize([queries[i] for i in rows], [passages[i] for i in rows])
+                out[rows] = self._logits({k: v.to(self.device) for k, v in inputs.items()}).float().cpu().numpy()
+                advance(len(rows))
         return out
 
 

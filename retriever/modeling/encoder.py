@@ -11,13 +11,14 @@ nearly nothing, runs under ``torch.inference_mode`` (fp16 autocast on CUDA) and 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -221,33 +222,41 @@ class Encoder(nn.Module):
         pad_id = self.tokenizer.pad_token_id or 0
         device = self.device
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        was_training = self.training
-        self.eval()
-        bar = None
-        if show_progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(texts), desc=desc or ("queries" if is_query else "passages"), unit="text")
-        autocast = _autocast(device, self.precision)
-        try:
-            with torch.inference_mode(), autocast:
-                for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
-                    width = len(ids[rows[0]])
-                    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-                    mask = np.zeros((len(rows), width), dtype=np.int64)
-                    for j, r in enumerate(rows):
-                        seq = ids[r]
-                        input_ids[j, : len(seq)] = seq
-                        mask[j, : len(seq)] = 1
-                    emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
-                    out[rows] = emb.float().cpu().numpy()
-                    if bar is not None:
-                        bar.update(len(rows))
-        finally:
-            if bar is not None:
-                bar.close()
-            self.train(was_training)
+        with inference(self, device, self.precision, len(texts), desc or ("queries" if is_query else "passages"),
+                       show_progress, unit="text") as advance:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                width = len(ids[rows[0]])
+                input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+                mask = np.zeros((len(rows), width), dtype=np.int64)
+                for j, r in enumerate(rows):
+                    seq = ids[r]
+                    input_ids[j, : len(seq)] = seq
+                    mask[j, : len(seq)] = 1
+                emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
+                out[rows] = emb.float().cpu().numpy()
+                advance(len(rows))
         return out
+
+
+@contextlib.contextmanager
+def inference(module: nn.Module, device: torch.device, precision: str, total: int, desc: str,
+              show_progress: bool, unit: str = "text") -> Iterator[Callable[[int], None]]:
+    """Eval mode + ``inference_mode`` + autocast + an optional progress bar; restores the training mode."""
+    was_training = module.training
+    module.eval()
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit=unit)
+    try:
+        with torch.inference_mode(), _autocast(device, precision):
+            yield (bar.update if bar is not None else (lambda n: None))
+    finally:
+        if bar is not None:
+            bar.close()
+        module.train(was_training)
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
