@@ -82,15 +82,33 @@ def test_clusters_are_cached(tmp_path, topics):
     assert len(calls) == 2
 
 
-def test_duplicate_query_positive_is_masked():
+def test_known_positives_are_masked_from_negatives():
     q = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # groups of 2 (positive, negative)
     loss = InfoNCELoss(temperature=1.0)
     plain = loss(q, p)
-    masked = loss(q, p, query_keys=torch.tensor([5, 5]))  # same query twice: the other positive is not a negative
-    expected = -1 + np.log(np.e + 2 * np.e ** 0)  # target 1, two hard negatives at 0, other positive masked
+    passage_keys = torch.tensor([10, 11, 12, 13])
+    # both queries judge passages 10 and 12 relevant (e.g. one query twice, as (query, positive) pairs)
+    known = torch.tensor([[10, 12, -1], [10, 12, -1]])
+    masked = loss(q, p, known, passage_keys)
+    expected = -1 + np.log(np.e + 2 * np.e ** 0)  # target scores 1, two hard negatives 0, the other positive masked
     assert masked.item() == pytest.approx(expected, rel=1e-6) and masked.item() < plain.item()
-    assert loss(q, p, query_keys=torch.tensor([5, 6])).item() == pytest.approx(plain.item())
+    unrelated = torch.tensor([[10, -1, -1], [12, -1, -1]])
+    assert loss(q, p, unrelated, passage_keys).item() == pytest.approx(plain.item())
+
+
+def test_collator_marks_known_positives(tiny_model_dir, tiny_beir):
+    from retr.retriever.data import load_beir
+    from retr.retriever.data.training import as_pairs, examples_from_beir
+    from retr.retriever.modeling import DualEncoder
+    from retr.retriever.training.collator import SupervisedCollator, doc_key
+
+    examples = as_pairs(examples_from_beir(load_beir(tiny_beir, "test")))
+    q2 = [i for i, e in enumerate(examples) if e.query_id == "q2"]
+    assert len(q2) == 2 and examples[q2[0]].known_positives == ["d2", "d4"]
+    batch = SupervisedCollator(DualEncoder.from_pretrained(tiny_model_dir), examples, n_negatives=0)(q2, 0)
+    assert set(batch["passage_keys"].tolist()) == {doc_key("d2"), doc_key("d4")}
+    assert set(batch["positive_keys"][0].tolist()) - {-1} == {doc_key("d2"), doc_key("d4")}
 
 
 def test_b3_training_end_to_end(tmp_path, tiny_beir, tiny_model_dir):

@@ -37,6 +37,11 @@ class TrainExample:
     query: str
     positives: list[Passage]
     negatives: list[Passage] = field(default_factory=list)
+    known_positives: list[str] = field(default_factory=list)  # every judged-relevant docid of the query
+
+    def __post_init__(self) -> None:
+        if not self.known_positives:
+            self.known_positives = [p.docid for p in self.positives if p.docid]
 
     def to_tevatron(self) -> dict:
         return {"query_id": self.query_id, "query": self.query,
@@ -113,4 +118,5 @@ def write_tevatron(examples: Iterable[TrainExample], path: str | Path) -> None:
 
 def as_pairs(examples: Iterable[TrainExample]) -> list[TrainExample]:
     """One example per (query, positive) pair, each keeping the query's negatives (the unit B3 clusters)."""
-    return [TrainExample(ex.query_id, ex.query, [pos], ex.negatives) for ex in examples for pos in ex.positives]
+    return [TrainExample(ex.query_id, ex.query, [pos], ex.negatives, ex.known_positives)
+            for ex in examples for pos in ex.positives]

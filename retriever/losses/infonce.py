@@ -5,10 +5,11 @@ negatives (G = 1 + negatives per query); every other passage in the batch is a n
 ``sim(q, p) / temperature`` with ``sim`` the dot product or the cosine. ``symmetric`` adds the
 passage-to-query direction over the positives (as in CLIP / E5 pre-training).
 
-``query_keys`` (one integer per query, e.g. a hash of the query id) masks in-batch *positives* of other groups
-that belong to the same query: when training on (query, positive) pairs a query can appear twice in a batch
-(NFCorpus has ~43 positives per query, and B3 clusters put such pairs together), and its other positive
-must not be pushed away as a negative.
+Known false negatives can be masked: ``passage_keys`` [P] (an integer id per passage, e.g. a hash of its docid)
+and ``positive_keys`` [Q, K] (the ids of every judged positive of each query, padded with -1) remove from a
+query's negatives any in-batch passage judged relevant to it. On NFCorpus (~43 judged documents per query,
+shared across related queries) random in-batch "negatives" are often judged positives of the query, and B3
+clusters put related queries together on purpose; without the mask the loss pushes them away.
 """
 from __future__ import annotations
 
@@ -44,16 +45,16 @@ class InfoNCELoss(nn.Module):
             q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
         return q @ p.T * self.log_scale.exp().clamp(max=100.0)
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor, query_keys: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, p: torch.Tensor, positive_keys: torch.Tensor | None = None,
+                passage_keys: torch.Tensor | None = None) -> torch.Tensor:
         if p.size(0) % q.size(0):
             raise ValueError(f"{p.size(0)} passages is not a multiple of {q.size(0)} queries")
         group = p.size(0) // q.size(0)
         scores = self.scores(q.float(), p.float())
         target = torch.arange(q.size(0), device=q.device) * group
-        if query_keys is not None:
-            same = query_keys[:, None] == query_keys.repeat_interleave(group)[None, :]
-            positive_slot = (torch.arange(p.size(0), device=q.device) % group == 0)[None, :]
-            mask = same & positive_slot
+        if positive_keys is not None and passage_keys is not None:
+            known = (positive_keys[:, :, None] == passage_keys[None, None, :]) & (positive_keys[:, :, None] >= 0)
+            mask = known.any(1)
             mask[torch.arange(q.size(0), device=q.device), target] = False
             scores = scores.masked_fill(mask, float("-inf"))
         loss = F.cross_entropy(scores, target)

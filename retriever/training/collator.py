@@ -2,7 +2,7 @@
 so an epoch is reproducible and a resumed run sees the same batches."""
 from __future__ import annotations
 
-import zlib
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -13,45 +13,65 @@ from ..modeling.dual_encoder import DualEncoder
 
 
 def pick_group(examples: Sequence[TrainExample], i: int, epoch: int, n_negatives: int, seed: int,
-               sep: str = " ") -> tuple[str, list[str]]:
+               sep: str = " ", with_ids: bool = False):
     """Query i's text and its passages [positive, negative x n] for this epoch. Examples with fewer hard
     negatives than asked for are topped up with other examples' positives (random negatives), as Tevatron
     falls back to random negatives."""
     ex = examples[i]
     rng = np.random.default_rng([seed, epoch, i])
-    texts = [ex.positives[int(rng.integers(len(ex.positives)))].joined(sep)]
+    chosen = [ex.positives[int(rng.integers(len(ex.positives)))]]
     if n_negatives:
         negs = ex.negatives
         if len(negs) >= n_negatives:
             picked = [negs[j] for j in rng.choice(len(negs), n_negatives, replace=False)]
         else:
             picked = list(negs)
-            known = {p.docid for p in ex.positives}
+            known = set(ex.known_positives) | {p.docid for p in ex.positives}
             while len(picked) < n_negatives:
                 cand = examples[int(rng.integers(len(examples)))].positives[0]
                 if cand.docid not in known:
                     picked.append(cand)
-        texts += [p.joined(sep) for p in picked]
+        chosen += picked
+    texts = [p.joined(sep) for p in chosen]
+    if with_ids:
+        return ex.query, texts, [p.docid for p in chosen]
     return ex.query, texts
 
 
-class SupervisedCollator:
-    """Queries [B] and passages [B * (1 + n_negatives)], each query's positive first in its group."""
+def doc_key(docid: str) -> int:
+    """A stable 63-bit integer id of a docid (tensors can be gathered across ranks; strings cannot)."""
+    return int.from_bytes(hashlib.blake2b(docid.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
 
-    def __init__(self, model: DualEncoder, examples: Sequence[TrainExample], n_negatives: int = 1, seed: int = 0):
+
+class SupervisedCollator:
+    """Queries [B] and passages [B * (1 + n_negatives)], each query's positive first in its group; plus the keys
+    that let the loss mask in-batch passages judged relevant to a query (``mask_known_positives``)."""
+
+    def __init__(self, model: DualEncoder, examples: Sequence[TrainExample], n_negatives: int = 1, seed: int = 0,
+                 mask_known_positives: bool = True):
         self.model, self.examples, self.n_negatives, self.seed = model, examples, n_negatives, seed
         self.sep = model.passage_tower.config.title_sep
+        self.mask = mask_known_positives
+        # fixed width so batches gather across ranks
+        self.width = max((len(e.known_positives) for e in examples), default=1) or 1
 
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
-        queries, passages = [], []
+        queries, passages, ids = [], [], []
         for i in indices:
-            q, ps = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, self.sep)
+            q, ps, pid = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, self.sep, with_ids=True)
             queries.append(q)
             passages.extend(ps)
-        keys = [zlib.crc32(self.examples[i].query_id.encode()) for i in indices]
-        return {"queries": dict(self.model.query_encoder.tokenize(queries, is_query=True)),
-                "passages": dict(self.model.passage_tower.tokenize(passages, is_query=False)),
-                "query_keys": torch.tensor(keys, dtype=torch.long)}
+            ids.extend(pid)
+        batch = {"queries": dict(self.model.query_encoder.tokenize(queries, is_query=True)),
+                 "passages": dict(self.model.passage_tower.tokenize(passages, is_query=False))}
+        if self.mask:
+            known = torch.full((len(indices), self.width), -1, dtype=torch.long)
+            for row, i in enumerate(indices):
+                keys = [doc_key(d) for d in self.examples[i].known_positives]
+                known[row, : len(keys)] = torch.tensor(keys, dtype=torch.long)
+            batch["positive_keys"] = known
+            batch["passage_keys"] = torch.tensor([doc_key(d) if d else -2 for d in ids], dtype=torch.long)
+        return batch
 
 
 def pad_token_ids(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:

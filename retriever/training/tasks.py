@@ -25,10 +25,11 @@ class InBatchTask(nn.Module):
         return {"queries": batch["queries"], "passages": batch["passages"]}
 
     def extras(self, batch: dict[str, Any], model: DualEncoder, device: torch.device) -> dict[str, torch.Tensor]:
-        return {"query_keys": batch["query_keys"].to(device)} if "query_keys" in batch else {}
+        keys = ("positive_keys", "passage_keys")
+        return {k: batch[k].to(device) for k in keys if k in batch}
 
     def compute_loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss(reps["queries"], reps["passages"], extras.get("query_keys"))
+        return self.loss(reps["queries"], reps["passages"], extras.get("positive_keys"), extras.get("passage_keys"))
 
     def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
         pass
