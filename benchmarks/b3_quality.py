@@ -59,7 +59,11 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=100)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--out", default="out/b3-quality")
+    ap.add_argument("--steps", type=int, help="Training steps for every dataset (default: %s)." % STEPS)
     args = ap.parse_args()
+    if args.steps:
+        STEPS.update({name: args.steps for name in args.datasets})
+        args.out = f"{args.out}-{args.steps}steps"  # results are cached per out dir: keep step counts apart
 
     from retr.retriever.data import load_beir
     from retr.retriever.modeling import DualEncoder
