@@ -93,7 +93,8 @@ def main() -> None:
                 for ef in (16, 64, 256)]
     configs += [(f"IVF{nlist} nprobe={p}", IndexSpec("ivf", nlist=nlist), {"nprobe": p}, None) for p in (4, 16, 64)]
     configs += [(f"IVF{nlist},PQ48x8 nprobe=32", IndexSpec("ivfpq", nlist=nlist, pq_m=48, store_vectors=True), {"nprobe": 32}, None),
-                (f"IVF{nlist},PQ48x8 nprobe=32 +rescore 1000", None, {"nprobe": 32}, 1000)]
+                (f"IVF{nlist},PQ48x8 nprobe=32 +rescore 1000", None, {"nprobe": 32}, 1000),
+                (f"IVF{nlist},PQ48x8 nprobe=128 +rescore 1000", None, {"nprobe": 128}, 1000)]
     rows, built = [], {}
     ref10 = ref100 = None
     for name, spec, knobs, rescore in configs:
