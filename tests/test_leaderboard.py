@@ -97,3 +97,15 @@ def test_reranked_runs_are_cached_and_options_per_dataset(two_datasets, tiny_mod
     code, _, err = run_cli(args, capsys)
     assert code == 0 and "reusing cached run" in err
     assert json.loads((out / "leaderboard.json").read_text())["table"] == first["table"]
+
+
+def test_per_dataset_mapping_without_default_skips_other_datasets(tmp_path):
+    from retr.evaluation.leaderboard import Setup
+
+    ce = tmp_path / "ce-scifact"
+    ce.mkdir()
+    setup = Setup("bm25+ce", "bm25", rerank={"scifact": str(ce)},
+                  options={"rerank_top_k": {"arguana": 20, "default": 100}, "precision": "bf16"})
+    got = setup.resolve("scifact")
+    assert got.rerank == str(ce) and got.options == {"rerank_top_k": 100, "precision": "bf16"}
+    assert setup.resolve("arguana") is None  # no entry and no default: shown as "-", not reranked by another model
