@@ -19,6 +19,14 @@ class ArtifactError(ValueError):
     """A file or directory that retr reads is missing or malformed (message is one line)."""
 
 
+def check_built_from(meta: dict, corpus_fingerprint: str, index_dir: str | os.PathLike) -> None:
+    """Fail with one line when an index's ``meta.json`` says it was built from another corpus."""
+    built_on = (meta.get("corpus") or {}).get("fingerprint")
+    if built_on != corpus_fingerprint:
+        raise ArtifactError(f"{index_dir}: index was built from another corpus (fingerprint {built_on}, "
+                            f"this corpus {corpus_fingerprint}); choose another index directory")
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

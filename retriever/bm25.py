@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from retr.indexing.atomic import check_built_from
 from retr.indexing.lucene import build_lucene_index, open_lucene_searcher
 
 from .data.beir import Corpus
@@ -49,7 +50,7 @@ class BM25Retriever:
         index_dir = Path(index_dir)
         if (index_dir / "meta.json").exists():
             retriever = cls(index_dir, k1, b)
-            corpus.check_indexed_by(retriever.meta, index_dir)
+            check_built_from(retriever.meta, corpus.fingerprint, index_dir)
             log.info("reusing BM25 index %s", index_dir)
             return retriever
         return cls.build(corpus, index_dir, threads=threads, k1=k1, b=b)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from retr.indexing.atomic import check_built_from
 
 from .data.beir import Corpus
 from .modeling.dual_encoder import DualEncoder
@@ -23,7 +24,7 @@ def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
     if index_dir is not None and (Path(index_dir) / "meta.json").exists():
         retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
         retriever.encoder.set_precision(precision)
-        corpus.check_indexed_by(retriever.index.meta, index_dir)
+        check_built_from(retriever.index.meta, corpus.fingerprint, index_dir)
         log.info("reusing index %s", index_dir)
         return retriever
     if model is None:

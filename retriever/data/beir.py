@@ -50,15 +50,6 @@ class Corpus:
         """Title and text joined as BEIR's dense models do: ``(title + sep + text).strip()``."""
         return [join_title_text(t, x, sep) for t, x in zip(self.titles, self.texts)]
 
-    def check_indexed_by(self, meta: dict, index_dir) -> None:
-        """Fail with one line when an index's ``meta.json`` says it was built from another corpus."""
-        from retr.indexing.atomic import ArtifactError
-
-        built_on = (meta.get("corpus") or {}).get("fingerprint")
-        if built_on != self.fingerprint:
-            raise ArtifactError(f"{index_dir}: index was built from another corpus (fingerprint {built_on}, "
-                                f"this corpus {self.fingerprint}); choose another index directory")
-
     def subset(self, docids: list[str]) -> "Corpus":
         rows = [self._pos[d] for d in docids]
         return Corpus([self.ids[r] for r in rows], [self.titles[r] for r in rows], [self.texts[r] for r in rows],

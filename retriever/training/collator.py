@@ -13,8 +13,8 @@ from ..modeling.dual_encoder import DualEncoder
 
 
 def pick_group(examples: Sequence[TrainExample], i: int, epoch: int, n_negatives: int, seed: int,
-               sep: str = " ", with_ids: bool = False):
-    """Query i's text and its passages [positive, negative x n] for this epoch. Examples with fewer hard
+               sep: str = " ") -> tuple[str, list[str], list[str]]:
+    """Query i's text, its passages [positive, negative x n] for this epoch and their docids. Examples with fewer hard
     negatives than asked for are topped up with other examples' positives (random negatives), as Tevatron
     falls back to random negatives."""
     ex = examples[i]
@@ -32,10 +32,7 @@ def pick_group(examples: Sequence[TrainExample], i: int, epoch: int, n_negatives
                 if cand.docid not in known:
                     picked.append(cand)
         chosen += picked
-    texts = [p.joined(sep) for p in chosen]
-    if with_ids:
-        return ex.query, texts, [p.docid for p in chosen]
-    return ex.query, texts
+    return ex.query, [p.joined(sep) for p in chosen], [p.docid for p in chosen]
 
 
 def doc_key(docid: str) -> int:
@@ -58,7 +55,7 @@ class SupervisedCollator:
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
         queries, passages, ids = [], [], []
         for i in indices:
-            q, ps, pid = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, self.sep, with_ids=True)
+            q, ps, pid = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, self.sep)
             queries.append(q)
             passages.extend(ps)
             ids.extend(pid)
@@ -107,7 +104,7 @@ class RerankCollator:
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
         queries, passages = [], []
         for i in indices:
-            q, ps = pick_group(self.examples, i, epoch, self.n_negatives, self.seed)
+            q, ps, _ = pick_group(self.examples, i, epoch, self.n_negatives, self.seed)
             queries.extend([q] * len(ps))
             passages.extend(ps)
         return {"pairs": self.model.tokenize(queries, passages)}
