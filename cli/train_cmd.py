@@ -47,6 +47,8 @@ def train_command(
     batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Queries per step, over all ranks (the "
                                              "contrastive batch).")] = None,
     lr: Annotated[Optional[float], Opt("--lr", help="Peak learning rate (AdamW).")] = None,
+    head_lr: Annotated[Optional[float], Opt("--head-lr", help="Learning rate for parameters the checkpoint does not "
+                                            "hold (a cross-encoder's fresh scoring head); default: --lr.")] = None,
     weight_decay: Annotated[Optional[float], Opt("--weight-decay", help="AdamW weight decay.")] = None,
     warmup_ratio: Annotated[Optional[float], Opt("--warmup-ratio", help="Fraction of steps of linear warmup.")] = None,
     max_grad_norm: Annotated[Optional[float], Opt("--max-grad-norm", help="Gradient clipping norm (0 = off).")] = None,
@@ -97,7 +99,7 @@ def train_command(
                  negatives_file=str(negatives) if negatives else None, train_negatives=train_negatives,
                  pairs=pairs, batching=batching, b3_teacher=b3_teacher, b3_p=b3_p, b3_m=b3_m,
                  b3_cluster_size=b3_cluster_size, b3_algorithm=b3_algorithm, b3_cache=str(b3_cache) if b3_cache else None,
-                 separate_towers=separate_towers, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                 separate_towers=separate_towers, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr,
                  weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
                  temperature=temperature, learnable_temperature=learnable_temperature, symmetric=symmetric,
                  similarity=similarity, moco=moco, queue_size=queue_size, momentum=momentum, chunk_length=chunk_length,

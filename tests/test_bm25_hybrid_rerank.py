@@ -78,3 +78,26 @@ def test_cross_encoder_reranks_and_trains(tiny_beir, tiny_model_dir, tmp_path):
     ours = CrossEncoder.from_pretrained(ce_dir).score(["q"] * 3, docs[:3])
     st = STCrossEncoder(str(ce_dir), device="cpu", activation_fn=torch.nn.Identity()).predict([("q", d) for d in docs[:3]])
     np.testing.assert_allclose(ours, st, atol=1e-4)
+
+
+def test_head_lr_applies_to_the_fresh_scoring_head_only(tiny_model_dir):
+    """Starting from an encoder, the classifier (and pooler if absent) is new: --head-lr reaches exactly those."""
+    from torch import nn
+
+    from retr.retriever.modeling.cross_encoder import CrossEncoder
+    from retr.retriever.training.arguments import TrainConfig
+    from retr.retriever.training.trainer import parameter_groups
+
+    ce = CrossEncoder.from_pretrained(tiny_model_dir)
+    assert any(n.startswith("model.classifier.") for n in ce.fresh_parameters)
+    assert not any("encoder.layer" in n for n in ce.fresh_parameters)
+    cfg = TrainConfig(mode="reranker", lr=1e-5, head_lr=1e-3)
+    groups = parameter_groups(ce, nn.Module(), cfg)
+    by_id = {id(p): g["lr"] for g in groups for p in g["params"]}
+    names = dict(ce.named_parameters())
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    assert by_id[id(names["model.classifier.weight"])] == 1e-3
+    assert by_id[id(names["model.bert.encoder.layer.0.attention.self.query.weight"])] == 1e-5
+    # without --head-lr every parameter gets --lr
+    plain = parameter_groups(ce, nn.Module(), TrainConfig(mode="reranker", lr=1e-5))
+    assert {g["lr"] for g in plain} == {1e-5}

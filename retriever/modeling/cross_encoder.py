@@ -24,9 +24,13 @@ CE_CONFIG = "retr_cross_encoder.json"  # the max (query + passage) length the mo
 class CrossEncoder(nn.Module):
     shared = True  # one tower (lets the trainer treat it like a shared-tower model)
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 512, name: str = ""):
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 512, name: str = "",
+                 fresh_parameters: Sequence[str] = ()):
         super().__init__()
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        # names (as in self.named_parameters()) the checkpoint did not hold: a new scoring head, which
+        # the trainer may give its own learning rate (--head-lr)
+        self.fresh_parameters = tuple(fresh_parameters)
         self.name = name or getattr(model.config, "_name_or_path", "cross-encoder")
         self.precision = "auto"
         self.train(model.training)
@@ -41,7 +45,8 @@ class CrossEncoder(nn.Module):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a fresh head is expected when starting from an encoder
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=_num_labels(path))
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=_num_labels(path), output_loading_info=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         model.eval()
@@ -51,7 +56,9 @@ class CrossEncoder(nn.Module):
             import json
 
             max_length = int(json.loads(own.read_text()).get("max_length", limit))
-        return cls(model, tokenizer, max_length or limit, name=str(name_or_path))
+        missing = set(info.get("missing_keys", []))
+        fresh = [f"model.{n}" for n, _ in model.named_parameters() if n in missing]
+        return cls(model, tokenizer, max_length or limit, name=str(name_or_path), fresh_parameters=fresh)
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)

@@ -45,6 +45,7 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 32  # global contrastive batch (queries per step, summed over ranks)
     lr: float = 2e-5
+    head_lr: float | None = None  # lr for parameters new to the checkpoint (a cross-encoder's fresh head)
     weight_decay: float = 0.01
     warmup_steps: int | None = None
     warmup_ratio: float = 0.1

@@ -41,6 +41,21 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+def parameter_groups(model: nn.Module, task: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; ``config.head_lr`` for parameters the checkpoint did not
+    hold (``model.fresh_parameters``, e.g. a cross-encoder's new scoring head), which at the encoder's small
+    learning rate stay near their random start for many steps."""
+    fresh = set(getattr(model, "fresh_parameters", ())) if config.head_lr else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in list(model.named_parameters()) + [(f"task.{n}", p) for n, p in task.named_parameters()]:
+        if p.requires_grad:
+            no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+            groups.setdefault((name in fresh, no_decay), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+             "lr": config.head_lr if is_fresh else config.lr}
+            for (is_fresh, no_decay), params in sorted(groups.items())]
+
+
 class Trainer:
     def __init__(self, model: DualEncoder, task: nn.Module, collate: Callable[[list[int], int], dict[str, Any]],
                  sampler: BatchSampler, config: TrainConfig, dist: DistInfo | None = None,
@@ -61,12 +76,7 @@ class Trainer:
             # find_unused_parameters: HF encoders carry parameters a retrieval loss never touches (BERT's pooler),
             # and GradCache's last chunk may use one tower only
             self.ddp = DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
-        decay, no_decay = [], []
-        for name, p in list(model.named_parameters()) + list(task.named_parameters()):
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, task, config), lr=config.lr)
         self.total_steps = config.max_steps or config.epochs * len(sampler)
         warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
