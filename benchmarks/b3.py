@@ -49,11 +49,12 @@ def main() -> None:
         q = _encode_unique(teacher.encode_queries, [e.query for e in examples])
         p = _encode_unique(teacher.encode_passages, [e.positives[0].joined() for e in examples])
         t_enc = time.perf_counter() - t0
+        groups = [e.query_id for e in examples]  # a query's other pairs are no negatives
         clusters, stats = mine_clusters(q, p, B3Config(p=args.p, m=args.m, cluster_size=args.k,
-                                                       algorithm=args.algorithm))
+                                                       algorithm=args.algorithm), groups=groups)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        b3 = in_batch_negative_similarity(q, p, B3BatchSampler(clusters, args.batch).batches(0))
-        rand = in_batch_negative_similarity(q, p, RandomBatchSampler(len(examples), args.batch).batches(0))
+        b3 = in_batch_negative_similarity(q, p, B3BatchSampler(clusters, args.batch).batches(0), groups)
+        rand = in_batch_negative_similarity(q, p, RandomBatchSampler(len(examples), args.batch).batches(0), groups)
         sizes = sorted(len(c) for c in clusters)
         rows.append((name, len(examples), stats["edges"], len(clusters), sizes[0], sizes[len(sizes) // 2], sizes[-1],
                      b3, rand, t_enc, stats["rank_seconds"], stats["cluster_seconds"], peak))

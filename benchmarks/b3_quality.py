@@ -4,9 +4,11 @@ with in-batch negatives only (so the batch composition is the only difference), 
     .venv/bin/python benchmarks/b3_quality.py [--datasets scifact nfcorpus] [--seeds 1 2 3] [--big-batch 128]
 
 To fit the study on a 2-core CPU: passages truncated to 128 tokens (train and eval; the untrained baseline is
-measured the same way), bf16 autocast for training and evaluation. SciFact trains on its 809 train queries
-(one random positive each epoch), NFCorpus on its 110,575 (query, positive) pairs (`--pairs`; same-query
-positives masked). Also: random batches of --big-batch (GradCache, chunk 32) for the same number of steps.
+measured the same way), bf16 autocast for training and evaluation. Examples are train queries (SciFact 809,
+NFCorpus 2,590), each with one random positive per epoch: with (query, positive) pairs, NFCorpus's 43 positives
+per query would make one query's pairs cluster together, where they are no negatives for each other. Also: random
+batches of --big-batch (GradCache, chunk 32) for the same number of steps. Results are cached in --out per run
+(B3 runs keyed by p, m, K too), so an interrupted study resumes and other p/m/K settings reuse the random runs.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ def run(name: str, batching: str, seed: int, batch: int, out: str, args) -> floa
     from retr.retriever.training.driver import build_trainer
 
     big = batch > 32
-    cfg = TrainConfig(output_dir=os.path.join(out, f"{name}-{batching}-b{batch}-s{seed}"), model="minilm",
-                      train_data=[os.path.join(args.data, name)], train_split="train", pairs=name == "nfcorpus",
+    tag = f"b3-p{args.p}-m{args.m}-k{args.k}" if batching == "b3" else batching
+    cfg = TrainConfig(output_dir=os.path.join(out, f"{name}-{tag}-b{batch}-s{seed}"), model="minilm",
+                      train_data=[os.path.join(args.data, name)], train_split="train", pairs=False,
                       train_negatives=0, batch_size=batch, max_steps=STEPS[name], lr=args.lr, seed=seed,
                       query_max_length=64, passage_max_length=128, precision="bf16", batching=batching,
                       b3_p=args.p, b3_m=args.m, b3_cluster_size=args.k, b3_cache=os.path.join(out, "b3-cache"),
@@ -65,9 +68,11 @@ def main() -> None:
         STEPS.update({name: args.steps for name in args.datasets})
         args.out = f"{args.out}-{args.steps}steps"  # results are cached per out dir: keep step counts apart
 
+    from retr.indexing.atomic import write_json_atomic
     from retr.retriever.data import load_beir
     from retr.retriever.modeling import DualEncoder
 
+    b3_key = f"b3-p{args.p}-m{args.m}-k{args.k}"
     results: dict = {}
     path = os.path.join(args.out, "results.json")
     if os.path.exists(path):
@@ -78,7 +83,7 @@ def main() -> None:
         if key not in results:
             t0 = time.perf_counter()
             results[key] = {"ndcg10": fn(), "seconds": round(time.perf_counter() - t0)}
-            json.dump(results, open(path, "w"), indent=1)
+            write_json_atomic(path, results)
         print(key, results[key], flush=True)
         return results[key]["ndcg10"]
 
@@ -87,8 +92,8 @@ def main() -> None:
         record(f"{name}/base", lambda: evaluate_model(DualEncoder.from_pretrained("minilm", passage_max_length=128,
                                                                                   query_max_length=64), ds))
         for seed in args.seeds:
-            for batching in ("random", "b3"):
-                record(f"{name}/{batching}/32/{seed}", lambda: run(name, batching, seed, 32, args.out, args))
+            record(f"{name}/random/32/{seed}", lambda: run(name, "random", seed, 32, args.out, args))
+            record(f"{name}/{b3_key}/32/{seed}", lambda: run(name, "b3", seed, 32, args.out, args))
         for seed in args.big_seeds:
             record(f"{name}/random/{args.big_batch}/{seed}", lambda: run(name, "random", seed, args.big_batch,
                                                                           args.out, args))
@@ -106,7 +111,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name in args.datasets:
         base = results.get(f"{name}/base", {}).get("ndcg10")
-        print(f"| {name} | {base:.4f} | {stats(f'{name}/random/32')} | {stats(f'{name}/b3/32')} | "
+        print(f"| {name} | {base:.4f} | {stats(f'{name}/random/32')} | {stats(f'{name}/{b3_key}/32')} | "
               f"{stats(f'{name}/random/{args.big_batch}')} |")
 
 

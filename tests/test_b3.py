@@ -35,6 +35,23 @@ def test_edges_come_only_from_the_rank_window(topics):
     assert len(edges) == 640 * 10 and not np.any(edges[:, 0] == edges[:, 1])
 
 
+def test_same_query_pairs_take_no_rank_and_are_no_negatives(topics):
+    """(query, positive) pairs of one query: the others of its group are skipped like the example itself."""
+    q, p = topics
+    groups = np.arange(640) // 4  # 160 "queries" of 4 pairs each
+    edges = rank_window_edges(q, p, p=5, m=10, groups=groups)
+    sims = q @ p.T
+    for i in (0, 17, 400):
+        order = [j for j in np.argsort(-sims[i], kind="stable") if groups[j] != groups[i]]
+        assert sorted(edges[edges[:, 0] == i][:, 1].tolist()) == sorted(order[5:15])
+    assert not np.any(groups[edges[:, 0]] == groups[edges[:, 1]])
+    # the hardness measure leaves out same-group pairs: one batch of two groups, negatives only across them
+    batch = [[0, 1, 4, 5]]
+    expected = np.mean([sims[i, j] for i in batch[0] for j in batch[0] if groups[i] != groups[j]])
+    assert in_batch_negative_similarity(q, p, batch, groups) == pytest.approx(expected, rel=1e-5)
+    assert in_batch_negative_similarity(q, p, batch) != pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("algorithm", ["metis", "leiden", "louvain"])
 def test_cluster_sizes_respect_k(topics, algorithm):
     q, p = topics

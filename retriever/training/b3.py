@@ -44,21 +44,35 @@ class B3Config:
             raise ValueError("B3 needs p >= 0, m >= 1 and cluster_size >= 1")
 
 
-def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096) -> np.ndarray:
-    """[E, 2] edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i."""
+def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096,
+                      groups: np.ndarray | None = None) -> np.ndarray:
+    """[E, 2] edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i.
+
+    ``groups`` (e.g. query ids of (query, positive) pairs): examples of i's own group are not "other" examples
+    either: another positive of the same query is no negative (training masks it), so it takes no rank."""
     import faiss
 
     n = len(queries)
-    depth = min(n, p + m + 1)
+    groups = _group_codes(groups, n)
+    largest = int(np.bincount(groups).max()) if n else 1
+    depth = min(n, p + m + largest)
     index = faiss.IndexFlatIP(positives.shape[1])
     index.add(np.ascontiguousarray(positives, dtype=np.float32))
     out = []
     for s in range(0, n, batch):
         _, rows = index.search(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32), depth)
         for i, row in zip(range(s, s + len(rows)), rows):
-            others = row[(row != i) & (row >= 0)][p:p + m]  # rank among the *other* examples' positives
+            row = row[row >= 0]
+            others = row[groups[row] != groups[i]][p:p + m]  # rank among the *other* examples' positives
             out.append(np.stack([np.full(len(others), i), others], axis=1))
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
+
+
+def _group_codes(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:
+    """Integer group per example; without groups every example is its own group."""
+    if groups is None:
+        return np.arange(n)
+    return np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
 
 
 def _csr(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,9 +136,10 @@ def detect_communities(n: int, edges: np.ndarray, cfg: B3Config) -> list[list[in
     return _normalise_sizes(found, cfg.cluster_size, rng) if cfg.algorithm != "metis" else found
 
 
-def mine_clusters(queries: np.ndarray, positives: np.ndarray, cfg: B3Config) -> tuple[list[list[int]], dict]:
+def mine_clusters(queries: np.ndarray, positives: np.ndarray, cfg: B3Config,
+                  groups: Sequence | np.ndarray | None = None) -> tuple[list[list[int]], dict]:
     t0 = time.perf_counter()
-    edges = rank_window_edges(queries, positives, cfg.p, cfg.m)
+    edges = rank_window_edges(queries, positives, cfg.p, cfg.m, groups=groups)
     t_rank = time.perf_counter() - t0
     clusters = detect_communities(len(queries), edges, cfg)
     stats = {"examples": len(queries), "edges": int(len(edges)), "clusters": len(clusters),
@@ -143,16 +158,17 @@ def size_histogram(clusters: Sequence[Sequence[int]]) -> dict[str, int]:
     return hist
 
 
-def in_batch_negative_similarity(queries: np.ndarray, positives: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
-    """Mean teacher similarity between each query and the *other* positives of its batch."""
+def in_batch_negative_similarity(queries: np.ndarray, positives: np.ndarray, batches: Sequence[Sequence[int]],
+                                 groups: Sequence | np.ndarray | None = None) -> float:
+    """Mean teacher similarity between each query and the in-batch positives of *other* groups (its negatives)."""
+    codes = _group_codes(groups, len(queries))
     total, count = 0.0, 0
     for b in batches:
         b = np.asarray(b)
-        if len(b) < 2:
-            continue
-        s = queries[b] @ positives[b].T
-        total += float(s.sum() - np.trace(s))
-        count += len(b) * (len(b) - 1)
+        negative = codes[b][:, None] != codes[b][None, :]
+        if negative.any():
+            total += float((queries[b] @ positives[b].T)[negative].sum())
+            count += int(negative.sum())
     return total / max(count, 1)
 
 

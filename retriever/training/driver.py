@@ -115,15 +115,16 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     b3 = B3Config(p=cfg.b3_p, m=cfg.b3_m, cluster_size=cfg.b3_cluster_size, algorithm=cfg.b3_algorithm, seed=cfg.seed)
     teacher = DualEncoder.from_pretrained(cfg.b3_teacher)
     queries = [e.query for e in examples]
+    query_ids = [e.query_id for e in examples]  # pairs of one query are no negatives for each other
     positives = [e.positives[0].joined(teacher.passage_tower.config.title_sep) for e in examples]
     cache = cfg.b3_cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "retr", "b3")
     data_key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, positives)}
-    key = {**data_key, **b3.__dict__}
+    key = {**data_key, **b3.__dict__, "grouped_by_query": True}
     emb: dict[str, np.ndarray] = {}
 
     def compute():
         emb.update(_teacher_embeddings(teacher, queries, positives, cache, data_key))
-        return mine_clusters(emb["q"], emb["p"], b3)
+        return mine_clusters(emb["q"], emb["p"], b3, groups=query_ids)
 
     if dist.is_main:
         clusters, stats = cached_clusters(cache, key, compute)
@@ -135,8 +136,8 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     if emb:
         rand = RandomBatchSampler(len(examples), cfg.batch_size, seed=cfg.seed).batches(0)
         report["mean_in_batch_negative_similarity"] = {
-            "b3": round(in_batch_negative_similarity(emb["q"], emb["p"], sampler.batches(0)), 4),
-            "random": round(in_batch_negative_similarity(emb["q"], emb["p"], rand), 4)}
+            "b3": round(in_batch_negative_similarity(emb["q"], emb["p"], sampler.batches(0), query_ids), 4),
+            "random": round(in_batch_negative_similarity(emb["q"], emb["p"], rand, query_ids), 4)}
     log.info("B3: %s", report)
     return sampler
 
