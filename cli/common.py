@@ -29,6 +29,12 @@ AllowMissingDocs = Annotated[bool, typer.Option("--allow-missing-docs", help="Ke
 Precision = Annotated[str, typer.Option("--precision", help="Inference autocast: auto (fp16 on CUDA, fp32 on CPU), "
                                         "fp32, fp16 or bf16 (about 1.7x faster on CPUs with AVX512-BF16, "
                                         "embeddings differ by ~1e-3).")]
+Rerank = Annotated[Optional[str], typer.Option("--rerank", help="Cross-encoder (directory or hub id) that reranks "
+                                                "the first stage's top hits.")]
+RerankTopK = Annotated[int, typer.Option("--rerank-top-k", help="Hits per query the cross-encoder reranks.")]
+RerankAlpha = Annotated[Optional[float], typer.Option("--rerank-alpha", help="Order the reranked hits by alpha * "
+                                                      "cross-encoder + (1 - alpha) * first-stage score (both min-max "
+                                                      "normalised per query); default: the cross-encoder alone.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 

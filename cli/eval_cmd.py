@@ -36,9 +36,9 @@ def eval_command(
                                          "(min-max normalised score sum).")] = "rrf",
     alpha: Annotated[float, typer.Option("--alpha", help="Weighted fusion: weight of the dense run (BM25 gets 1-alpha).")] = 0.5,
     rrf_k: Annotated[int, typer.Option("--rrf-k", help="RRF constant k in 1/(k + rank).")] = 60,
-    rerank: Annotated[Optional[str], typer.Option("--rerank", help="Cross-encoder (directory or hub id) that reranks "
-                                                   "the first stage's top hits.")] = None,
-    rerank_top_k: Annotated[int, typer.Option("--rerank-top-k", help="Hits per query the cross-encoder reranks.")] = 100,
+    rerank: common.Rerank = None,
+    rerank_top_k: common.RerankTopK = 100,
+    rerank_alpha: common.RerankAlpha = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and settings as JSON here.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", help="Write the TREC run file here.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Documents retrieved per query (BEIR uses 1000).")] = 1000,
@@ -73,6 +73,8 @@ def eval_command(
             setups = load_suite(suite)
         else:
             opts = {"fusion": fusion, "alpha": alpha, "rrf_k": rrf_k, "k1": k1, "b": b, "rerank_top_k": rerank_top_k}
+            if rerank_alpha is not None:
+                opts["rerank_alpha"] = rerank_alpha
             setups = [Setup(Path(model).name if model else retriever_kind, retriever_kind, model, rerank, opts)]
         out = output_dir or Path("out/leaderboard")
         summary = run_suite(setups, expand_datasets(data), out, split=split, k=k, cache_root=cache_dir,
@@ -87,7 +89,8 @@ def eval_command(
                                          passage_max_length)
     retriever = build_retriever(retriever_kind, dataset.corpus, model=model, index_dir=index, bm25_index=bm25_index,
                                 fusion=fusion, alpha=alpha, rrf_k=rrf_k, k1=k1, b=b, rerank=rerank,
-                                rerank_top_k=rerank_top_k, batch_size=batch_size, precision=precision, **overrides)
+                                rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha, batch_size=batch_size,
+                                precision=precision, **overrides)
     result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads)
     common.console().print(metrics_table({f"{dataset.name} ({split})": result.metrics}, title=retriever.name))
     if run:

@@ -1,7 +1,7 @@
 """``retr search``: query an index directory; print hits, write a TREC run and/or JSON."""
 from __future__ import annotations
 
-import json
+import functools
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,6 +27,12 @@ def search_command(
     mmap: Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")] = False,
     k1: Annotated[float, typer.Option("--k1", help="BM25 k1 (BM25 indexes).")] = 0.9,
     b: Annotated[float, typer.Option("--b", help="BM25 b (BM25 indexes).")] = 0.4,
+    rerank: common.Rerank = None,
+    rerank_top_k: common.RerankTopK = 100,
+    rerank_alpha: common.RerankAlpha = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="With --rerank: the corpus the index was built "
+                                                    "from (BEIR folder or corpus.jsonl), for the passages' text.")] = None,
+    precision: common.Precision = "auto",
     threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
     verbose: common.Verbose = False,
@@ -39,6 +45,8 @@ def search_command(
 
     if not query and queries is None:
         raise typer.BadParameter("give --query TEXT or --queries FILE")
+    if rerank and corpus is None:
+        raise typer.BadParameter("--rerank needs --corpus (the passages' text)")
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))
@@ -46,11 +54,23 @@ def search_command(
         from retr.retriever.bm25 import BM25Retriever
 
         retriever = BM25Retriever(index, k1=k1, b=b)
-        results = retriever.batch_search(list(qmap.values()), list(qmap), k=k, threads=threads)
+        meta, search = retriever.meta, retriever.batch_search
     else:
-        retriever = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
-        retriever.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
-        results = retriever.batch_search(list(qmap.values()), list(qmap), k=k, threads=threads, rescore=rescore)
+        dense = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
+        dense.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
+        dense.encoder.set_precision(precision)
+        meta, search = dense.index.meta, functools.partial(dense.batch_search, rescore=rescore)
+    if rerank:
+        from retr.indexing.atomic import check_built_from
+        from retr.retriever.data.beir import load_beir, load_corpus
+        from retr.retriever.rerank import Reranker, RerankingRetriever
+
+        docs = load_corpus(corpus) if corpus.is_file() else load_beir(corpus, split=None).corpus
+        check_built_from(meta, docs.fingerprint, index)
+        reranker = Reranker(rerank, show_progress=True)
+        reranker.model.precision = precision
+        search = RerankingRetriever(_Searcher(search), reranker, docs, top_k=rerank_top_k, alpha=rerank_alpha).batch_search
+    results = search(list(qmap.values()), list(qmap), k=k, threads=threads)
     if run:
         write_trec_run(results, run)
     if output:
@@ -68,3 +88,10 @@ def search_command(
             con.print(table)
     else:
         common.console().print(f"searched {len(qmap)} queries, k={k}" + (f"; run written to {run}" if run else ""))
+
+
+class _Searcher:
+    """Adapts a ``batch_search`` function to the first-stage shape ``RerankingRetriever`` takes."""
+
+    def __init__(self, batch_search):
+        self.batch_search = batch_search

@@ -35,7 +35,7 @@ from .evaluate import evaluate
 
 log = logging.getLogger(__name__)
 
-SETUP_KEYS = {"name", "retriever", "model", "rerank", "rerank_top_k", "fusion", "alpha", "rrf_k", "k1", "b", "precision"}
+SETUP_KEYS = {"name", "retriever", "model", "rerank", "rerank_top_k", "rerank_alpha", "fusion", "alpha", "rrf_k", "k1", "b", "precision"}
 MTEB_TASKS = {"scifact": "SciFact", "nfcorpus": "NFCorpus", "arguana": "ArguAna", "fiqa": "FiQA2018",
               "scidocs": "SCIDOCS", "trec-covid": "TRECCOVID", "quora": "QuoraRetrieval", "nq": "NQ",
               "hotpotqa": "HotpotQA", "fever": "FEVER", "climate-fever": "ClimateFEVER", "dbpedia-entity": "DBPedia",

@@ -48,7 +48,7 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
                     index_dir: str | os.PathLike | None = None, bm25_index: str | os.PathLike | None = None,
                     fusion: str = "rrf", alpha: float = 0.5, rrf_k: int = 60, k1: float = 0.9, b: float = 0.4,
                     rerank: str | None = None, rerank_top_k: int = 100, rerank_batch_size: int = 32,
-                    batch_size: int = 64, precision: str = "auto", **encoder_overrides: Any):
+                    rerank_alpha: float | None = None, batch_size: int = 64, precision: str = "auto", **encoder_overrides: Any):
     """``dense`` | ``bm25`` | ``hybrid`` first stage over ``corpus``, optionally followed by a cross-encoder."""
     if kind == "dense":
         retriever = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
@@ -72,7 +72,7 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
 
         reranker = Reranker(rerank, batch_size=rerank_batch_size, show_progress=True)
         reranker.model.precision = precision
-        retriever = RerankingRetriever(retriever, reranker, corpus, top_k=rerank_top_k)
+        retriever = RerankingRetriever(retriever, reranker, corpus, top_k=rerank_top_k, alpha=rerank_alpha)
     return retriever
 
 
@@ -84,7 +84,7 @@ def describe_retriever(retriever: Any) -> dict[str, Any]:
 
     if isinstance(retriever, RerankingRetriever):
         return {**describe_retriever(retriever.first_stage),
-                "rerank": {"model": retriever.reranker.name, "top_k": retriever.top_k}}
+                "rerank": {"model": retriever.reranker.name, "top_k": retriever.top_k, "alpha": retriever.alpha}}
     if isinstance(retriever, HybridRetriever):
         return {"retriever": "hybrid", "fusion": retriever.method, "alpha": retriever.alpha, "rrf_k": retriever.rrf_k,
                 "sparse": describe_retriever(retriever.sparse), "dense": describe_retriever(retriever.dense)}

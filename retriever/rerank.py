@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from .data.beir import Corpus
 from .hits import Hit, Run
+from .hybrid import weighted_sum
 from .modeling.cross_encoder import CrossEncoder
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,12 @@ class Reranker:
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], ids[i]))
         return RankedResults(query, [RankedResult(ids[i], float(scores[i]), r + 1, docs[i]) for r, i in enumerate(order)])
 
-    def rerank_run(self, queries: dict[str, str], run: Run, corpus: Corpus, top_k: int = 100) -> Run:
+    def rerank_run(self, queries: dict[str, str], run: Run, corpus: Corpus, top_k: int = 100,
+                   alpha: float | None = None) -> Run:
         """Rerank the top ``top_k`` hits of every query in one batched pass; hits below top_k keep their order
-        underneath (scored below every reranked hit)."""
+        underneath (scored below every reranked hit). ``alpha``: order the top k by
+        ``alpha * minmax(cross-encoder) + (1 - alpha) * minmax(first stage)`` instead of the cross-encoder alone
+        (score interpolation, which keeps the first stage's evidence where a reranker is weak or off-domain)."""
         qs, ps, owners = [], [], []
         for qid, hits in run.items():
             for h in hits[:top_k]:
@@ -61,6 +65,10 @@ class Reranker:
         by_query: dict[str, list[tuple[str, float]]] = {}
         for (qid, docid), s in zip(owners, scores):
             by_query.setdefault(qid, []).append((docid, float(s)))
+        if alpha is not None:
+            ce = {q: [Hit(d, s, 0) for d, s in pairs] for q, pairs in by_query.items()}
+            fused = weighted_sum([{q: hits[:top_k] for q, hits in run.items()}, ce], [1 - alpha, alpha])
+            by_query = {q: [(h.docid, h.score) for h in hits] for q, hits in fused.items()}
         out: Run = {}
         for qid, hits in run.items():
             head = sorted(by_query.get(qid, []), key=lambda x: (-x[1], x[0]))
@@ -73,8 +81,11 @@ class Reranker:
 class RerankingRetriever:
     """A first stage followed by a reranker; the same ``search``/``batch_search`` shape as every retriever."""
 
-    def __init__(self, first_stage: Any, reranker: Reranker, corpus: Corpus, top_k: int = 100):
-        self.first_stage, self.reranker, self.corpus, self.top_k = first_stage, reranker, corpus, top_k
+    def __init__(self, first_stage: Any, reranker: Reranker, corpus: Corpus, top_k: int = 100,
+                 alpha: float | None = None):
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"rerank alpha must be in [0, 1], got {alpha}")
+        self.first_stage, self.reranker, self.corpus, self.top_k, self.alpha = first_stage, reranker, corpus, top_k, alpha
         self.name = f"{getattr(first_stage, 'name', 'first-stage')}+rerank({reranker.name})"
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
@@ -82,5 +93,5 @@ class RerankingRetriever:
 
     def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 0) -> Run:
         run = self.first_stage.batch_search(queries, qids, k=max(k, self.top_k), threads=threads)
-        reranked = self.reranker.rerank_run(dict(zip(qids, queries)), run, self.corpus, self.top_k)
+        reranked = self.reranker.rerank_run(dict(zip(qids, queries)), run, self.corpus, self.top_k, self.alpha)
         return {q: hits[:k] for q, hits in reranked.items()}

@@ -101,3 +101,55 @@ def test_head_lr_applies_to_the_fresh_scoring_head_only(tiny_model_dir):
     # without --head-lr every parameter gets --lr
     plain = parameter_groups(ce, nn.Module(), TrainConfig(mode="reranker", lr=1e-5))
     assert {g["lr"] for g in plain} == {1e-5}
+
+
+@pytest.fixture
+def tiny_ce_dir(tiny_model_dir, tmp_path):
+    from retr.retriever.modeling.cross_encoder import CrossEncoder
+
+    torch.manual_seed(0)
+    CrossEncoder.from_pretrained(tiny_model_dir).save(tmp_path / "ce")
+    return tmp_path / "ce"
+
+
+def test_rerank_alpha_interpolates_first_stage_and_cross_encoder(tiny_beir, tiny_ce_dir):
+    from retr.retriever.rerank import Reranker
+
+    ds = load_beir(tiny_beir, "test")
+    ids = ds.corpus.ids
+    first = {"q4": [Hit(d, 10.0 - i, i + 1) for i, d in enumerate(ids)]}  # first stage: corpus order
+    reranker = Reranker(str(tiny_ce_dir))
+    queries = {"q4": ds.queries["q4"]}
+    ce = dict(zip(ids[:5], reranker.model.score([queries["q4"]] * 5, [ds.corpus.passage(d) for d in ids[:5]])))
+
+    def order(alpha):
+        return [h.docid for h in reranker.rerank_run(queries, first, ds.corpus, top_k=5, alpha=alpha)["q4"]]
+
+    assert order(None)[:5] == sorted(ce, key=lambda d: -ce[d])  # the cross-encoder alone
+    assert order(1.0)[:5] == order(None)[:5]
+    assert order(0.0) == ids  # the first stage alone: its order, top 5 and tail
+    lo, hi = min(ce.values()), max(ce.values())
+    mixed = {d: 0.5 * (10.0 - i - 6.0) / 4.0 + 0.5 * (ce[d] - lo) / (hi - lo) for i, d in enumerate(ids[:5])}
+    assert order(0.5)[:5] == sorted(mixed, key=lambda d: -mixed[d]) and order(0.5)[5:] == ids[5:]
+
+
+def test_search_cli_reranks_and_checks_the_corpus(tiny_beir, tiny_model_dir, tiny_ce_dir, tmp_path, capsys):
+    from retr.retriever.rerank import Reranker
+
+    code, _, err = run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", tmp_path / "idx"], capsys)
+    assert code == 0, err
+    q = load_beir(tiny_beir, "test").queries["q4"]
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "-q", q, "-k", "8", "-o", tmp_path / "first.json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "-q", q, "-k", "8", "--rerank", tiny_ce_dir,
+                            "--rerank-top-k", "4", "--corpus", tiny_beir, "-o", tmp_path / "hits.json"], capsys)
+    assert code == 0, err
+    first = [h["docid"] for h in json.loads((tmp_path / "first.json").read_text())["q1"]]
+    got = [h["docid"] for h in json.loads((tmp_path / "hits.json").read_text())["q1"]]
+    ds = load_beir(tiny_beir, "test")
+    ranked = Reranker(str(tiny_ce_dir)).rank(q, [ds.corpus.passage(d) for d in first[:4]], first[:4])
+    assert got == [r.docid for r in ranked.results] + first[4:]
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"_id": "x", "text": "another corpus"}\n')
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "-q", q, "--rerank", tiny_ce_dir, "--corpus", other], capsys)
+    assert code == 2 and "another corpus" in err and "Traceback" not in err
