@@ -29,6 +29,9 @@ def train_command(
     split: Annotated[Optional[str], Opt("--split", help="Qrels split of a BEIR folder used for training.")] = None,
     negatives: Annotated[Optional[Path], Opt("--negatives", help="Mined negatives (Tevatron JSONL from `retr mine`).")] = None,
     train_negatives: Annotated[Optional[int], Opt("--train-negatives", help="Hard negatives per query in each batch.")] = None,
+    train_random_negatives: Annotated[Optional[int], Opt("--train-random-negatives", help="Reranker: random "
+                                                          "negatives (other queries' positives) per query, after "
+                                                          "the mined ones (an easy signal to start from).")] = None,
     pairs: Annotated[Optional[bool], Opt("--pairs", help="One training example per (query, positive) pair (default: "
                                          "per query, a random positive each epoch).")] = None,
     batching: Annotated[Optional[str], Opt("--batching", help="random | b3 (batches of mutual hard negatives mined "
@@ -96,7 +99,7 @@ def train_command(
 
     flags = dict(output_dir=str(output) if output else None, mode=mode, model=model,
                  train_data=[str(d) for d in data] if data else None, train_split=split,
-                 negatives_file=str(negatives) if negatives else None, train_negatives=train_negatives,
+                 negatives_file=str(negatives) if negatives else None, train_negatives=train_negatives, train_random_negatives=train_random_negatives,
                  pairs=pairs, batching=batching, b3_teacher=b3_teacher, b3_p=b3_p, b3_m=b3_m,
                  b3_cluster_size=b3_cluster_size, b3_algorithm=b3_algorithm, b3_cache=str(b3_cache) if b3_cache else None,
                  separate_towers=separate_towers, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr,

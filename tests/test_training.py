@@ -150,3 +150,22 @@ def test_run_meta_records_what_made_it(tiny_beir, tiny_model_dir, tmp_path):
     assert len(calls) == 3  # before training (start of the curve), after step 1 and after step 2
     log = [json.loads(l) for l in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval/nDCG@10" in r] == [0, 1, 2]
+
+
+def test_reranker_groups_mix_mined_and_random_negatives():
+    """Mined negatives first, then random ones (other queries' positives), never a known positive, no repeats."""
+    from retr.retriever.data.training import Passage, TrainExample
+    from retr.retriever.training.collator import pick_group
+
+    examples = [TrainExample(f"q{i}", f"query {i}", [Passage(f"p{i}a", "", f"pos {i}a"), Passage(f"p{i}b", "", f"pos {i}b")],
+                             [Passage(f"n{i}{j}", "", f"neg {i}{j}") for j in range(5)], known_positives=[f"p{i}a", f"p{i}b", "p1a"])
+                for i in range(12)]
+    for epoch in range(3):
+        q, texts, ids = pick_group(examples, 0, epoch, n_negatives=2, seed=1, n_random=3)
+        assert q == "query 0" and len(ids) == 6 == len(set(ids))
+        assert ids[0] in ("p0a", "p0b") and all(d.startswith("n0") for d in ids[1:3])
+        assert all(d.startswith("p") and d not in ("p0a", "p0b", "p1a") for d in ids[3:])
+    assert pick_group(examples, 0, 0, 2, seed=1, n_random=3) == pick_group(examples, 0, 0, 2, seed=1, n_random=3)
+    assert pick_group(examples, 0, 0, 2, seed=1)[2] == pick_group(examples, 0, 0, 2, seed=1, n_random=3)[2][:3]
+    with pytest.raises(ValueError, match="too few distinct passages"):
+        pick_group(examples[:1], 0, 0, n_negatives=0, seed=1, n_random=3)

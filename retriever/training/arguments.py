@@ -25,6 +25,7 @@ class TrainConfig:
     train_split: str = "train"
     negatives_file: str | None = None  # Tevatron JSONL from `retr mine` (supervised, BEIR input)
     train_negatives: int = 1  # hard negatives per query (supervised)
+    train_random_negatives: int = 0  # reranker: random negatives (other queries' positives) per query, too
     pairs: bool = False  # one example per (query, positive) pair instead of per query
     batching: str = "random"  # random | b3
     b3_teacher: str = "minilm"

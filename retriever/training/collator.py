@@ -13,25 +13,31 @@ from ..modeling.dual_encoder import DualEncoder
 
 
 def pick_group(examples: Sequence[TrainExample], i: int, epoch: int, n_negatives: int, seed: int,
-               sep: str = " ") -> tuple[str, list[str], list[str]]:
-    """Query i's text, its passages [positive, negative x n] for this epoch and their docids. Examples with fewer hard
-    negatives than asked for are topped up with other examples' positives (random negatives), as Tevatron
-    falls back to random negatives."""
+               sep: str = " ", n_random: int = 0) -> tuple[str, list[str], list[str]]:
+    """Query i's text, its passages [positive, negative x (n_negatives + n_random)] for this epoch and their docids.
+    Mined negatives come first; examples with fewer than asked for are topped up with other examples' positives
+    (random negatives), as Tevatron falls back to random negatives; ``n_random`` more random ones follow."""
     ex = examples[i]
     rng = np.random.default_rng([seed, epoch, i])
     chosen = [ex.positives[int(rng.integers(len(ex.positives)))]]
-    if n_negatives:
-        negs = ex.negatives
-        if len(negs) >= n_negatives:
-            picked = [negs[j] for j in rng.choice(len(negs), n_negatives, replace=False)]
+    negs = ex.negatives
+    if n_negatives and len(negs) >= n_negatives:
+        chosen += [negs[j] for j in rng.choice(len(negs), n_negatives, replace=False)]
+    elif n_negatives:
+        chosen += list(negs)
+    want = 1 + n_negatives + n_random
+    if len(chosen) < want:
+        taken = set(ex.known_positives) | {p.docid for p in ex.positives} | {p.docid for p in chosen}
+        for _ in range(100 * want):
+            other = examples[int(rng.integers(len(examples)))].positives
+            cand = other[int(rng.integers(len(other)))] if n_random else other[0]
+            if cand.docid not in taken:
+                chosen.append(cand)
+                taken.add(cand.docid)
+                if len(chosen) == want:
+                    break
         else:
-            picked = list(negs)
-            known = set(ex.known_positives) | {p.docid for p in ex.positives}
-            while len(picked) < n_negatives:
-                cand = examples[int(rng.integers(len(examples)))].positives[0]
-                if cand.docid not in known:
-                    picked.append(cand)
-        chosen += picked
+            raise ValueError(f"too few distinct passages to draw {want - 1} negatives for query {ex.query_id!r}")
     return ex.query, [p.joined(sep) for p in chosen], [p.docid for p in chosen]
 
 
@@ -96,15 +102,15 @@ class CropPairCollator:
 class RerankCollator:
     """(query, passage) pairs [B * (1 + n)], each query's positive first, for listwise cross-encoder training."""
 
-    def __init__(self, model, examples: Sequence[TrainExample], n_negatives: int, seed: int = 0):
-        if n_negatives < 1:
+    def __init__(self, model, examples: Sequence[TrainExample], n_negatives: int, seed: int = 0, n_random: int = 0):
+        if n_negatives + n_random < 1:
             raise ValueError("reranker training needs at least one negative per query (--train-negatives)")
-        self.model, self.examples, self.n_negatives, self.seed = model, examples, n_negatives, seed
+        self.model, self.examples, self.n_negatives, self.seed, self.n_random = model, examples, n_negatives, seed, n_random
 
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
         queries, passages = [], []
         for i in indices:
-            q, ps, _ = pick_group(self.examples, i, epoch, self.n_negatives, self.seed)
+            q, ps, _ = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, n_random=self.n_random)
             queries.extend([q] * len(ps))
             passages.extend(ps)
         return {"pairs": self.model.tokenize(queries, passages)}

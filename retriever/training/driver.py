@@ -81,9 +81,10 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         n = len(pairs)
     else:  # reranker: a cross-encoder over (query, positive, negatives) groups
         examples = supervised_examples(cfg)
-        collate = RerankCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
+        collate = RerankCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed,
+                                 n_random=cfg.train_random_negatives)
         fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
-        task = RerankTask(ListwiseSoftmaxLoss(1 + cfg.train_negatives))
+        task = RerankTask(ListwiseSoftmaxLoss(1 + cfg.train_negatives + cfg.train_random_negatives))
         n = len(examples)
     if sampler is None and cfg.batching == "b3":
         if cfg.mode == "unsupervised":
