@@ -55,6 +55,10 @@ class Reranker:
         underneath (scored below every reranked hit). ``alpha``: order the top k by
         ``alpha * minmax(cross-encoder) + (1 - alpha) * minmax(first stage)`` instead of the cross-encoder alone
         (score interpolation, which keeps the first stage's evidence where a reranker is weak or off-domain)."""
+        return merge_reranked(run, self.score_run(queries, run, corpus, top_k), top_k, alpha)
+
+    def score_run(self, queries: dict[str, str], run: Run, corpus: Corpus, top_k: int = 100) -> dict[str, dict[str, float]]:
+        """Cross-encoder scores {qid: {docid: score}} of every query's top ``top_k`` hits, in one batched pass."""
         qs, ps, owners = [], [], []
         for qid, hits in run.items():
             for h in hits[:top_k]:
@@ -62,20 +66,27 @@ class Reranker:
                 ps.append(corpus.passage(h.docid))
                 owners.append((qid, h.docid))
         scores = self.model.score(qs, ps, batch_size=self.batch_size, show_progress=self.show_progress)
-        by_query: dict[str, list[tuple[str, float]]] = {}
+        out: dict[str, dict[str, float]] = {qid: {} for qid in run}
         for (qid, docid), s in zip(owners, scores):
-            by_query.setdefault(qid, []).append((docid, float(s)))
-        if alpha is not None:
-            ce = {q: [Hit(d, s, 0) for d, s in pairs] for q, pairs in by_query.items()}
-            fused = weighted_sum([{q: hits[:top_k] for q, hits in run.items()}, ce], [1 - alpha, alpha])
-            by_query = {q: [(h.docid, h.score) for h in hits] for q, hits in fused.items()}
-        out: Run = {}
-        for qid, hits in run.items():
-            head = sorted(by_query.get(qid, []), key=lambda x: (-x[1], x[0]))
-            floor = min((s for _, s in head), default=0.0)
-            tail = [(h.docid, floor - 1.0 - i) for i, h in enumerate(hits[top_k:])]
-            out[qid] = [Hit(d, s, r + 1) for r, (d, s) in enumerate(head + tail)]
+            out[qid][docid] = float(s)
         return out
+
+
+def merge_reranked(run: Run, scores: dict[str, dict[str, float]], top_k: int, alpha: float | None = None) -> Run:
+    """The first-stage ``run`` with its top ``top_k`` ordered by the reranker ``scores`` (or, with ``alpha``, by
+    their interpolation with the first-stage scores); the rest keeps its order underneath."""
+    by_query = {q: list(docs.items()) for q, docs in scores.items()}
+    if alpha is not None:
+        ce = {q: [Hit(d, s, 0) for d, s in pairs] for q, pairs in by_query.items()}
+        fused = weighted_sum([{q: hits[:top_k] for q, hits in run.items()}, ce], [1 - alpha, alpha])
+        by_query = {q: [(h.docid, h.score) for h in hits] for q, hits in fused.items()}
+    out: Run = {}
+    for qid, hits in run.items():
+        head = sorted(by_query.get(qid, []), key=lambda x: (-x[1], x[0]))
+        floor = min((s for _, s in head), default=0.0)
+        tail = [(h.docid, floor - 1.0 - i) for i, h in enumerate(hits[top_k:])]
+        out[qid] = [Hit(d, s, r + 1) for r, (d, s) in enumerate(head + tail)]
+    return out
 
 
 class RerankingRetriever:
