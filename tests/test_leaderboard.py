@@ -86,13 +86,15 @@ def test_reranked_runs_are_cached_and_options_per_dataset(two_datasets, tiny_mod
     model: "{tiny_model_dir}"
     rerank: "{tmp_path}/ce"
     rerank_top_k: {{other: 2, default: 4}}
+    rerank_alpha: 0.5
 """)
     out = tmp_path / "lb"
     args = ["eval", "--suite", suite, "-d", two_datasets, "--output-dir", out, "-k", "5"]
     assert run_cli(args, capsys)[0] == 0
     first = json.loads((out / "leaderboard.json").read_text())
     assert json.loads((out / "results" / "rr" / "other.json").read_text())["rerank"]["top_k"] == 2
-    assert json.loads((out / "results" / "rr" / "scifact.json").read_text())["rerank"]["top_k"] == 4
+    assert json.loads((out / "results" / "rr" / "scifact.json").read_text())["rerank"] == {
+        "model": f"{tmp_path}/ce", "top_k": 4, "alpha": 0.5}
     assert len(list((out / "cache" / "runs").glob("*.trec"))) == 2
     code, _, err = run_cli(args, capsys)
     assert code == 0 and "reusing cached run" in err
