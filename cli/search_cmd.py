@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
@@ -69,7 +70,8 @@ def search_command(
         check_built_from(meta, docs.fingerprint, index)
         reranker = Reranker(rerank, show_progress=True)
         reranker.model.precision = precision
-        search = RerankingRetriever(_Searcher(search), reranker, docs, top_k=rerank_top_k, alpha=rerank_alpha).batch_search
+        first_stage = SimpleNamespace(batch_search=search)  # the one method RerankingRetriever calls
+        search = RerankingRetriever(first_stage, reranker, docs, top_k=rerank_top_k, alpha=rerank_alpha).batch_search
     results = search(list(qmap.values()), list(qmap), k=k, threads=threads)
     if run:
         write_trec_run(results, run)
@@ -88,10 +90,3 @@ def search_command(
             con.print(table)
     else:
         common.console().print(f"searched {len(qmap)} queries, k={k}" + (f"; run written to {run}" if run else ""))
-
-
-class _Searcher:
-    """Adapts a ``batch_search`` function to the first-stage shape ``RerankingRetriever`` takes."""
-
-    def __init__(self, batch_search):
-        self.batch_search = batch_search
