@@ -39,9 +39,11 @@ def main() -> None:
     reranker.model.precision = args.precision
     table: dict[str, dict[str, float]] = {}
     splits = [s for s in (args.tune_split, args.test_split) if s]
+    corpus = bm25 = None
     for split in splits:
-        ds = load_beir(args.data, split, allow_missing_docs=True)
-        bm25 = BM25Retriever.for_corpus(ds.corpus, index_dir=args.bm25_index)
+        ds = load_beir(args.data, split, allow_missing_docs=True, corpus=corpus)  # the corpus is read once
+        corpus = ds.corpus
+        bm25 = bm25 or BM25Retriever.for_corpus(corpus, index_dir=args.bm25_index)
         queries = ds.eval_queries
         run = bm25.batch_search(list(queries.values()), list(queries), k=1000)
         t0 = time.perf_counter()

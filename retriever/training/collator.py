@@ -30,6 +30,7 @@ def pick_group(examples: Sequence[TrainExample], i: int, epoch: int, n_negatives
         taken = set(ex.known_positives) | {p.docid for p in ex.positives} | {p.docid for p in chosen}
         for _ in range(100 * want):
             other = examples[int(rng.integers(len(examples)))].positives
+            # top-ups alone take the first positive (as before, so earlier runs replay the same batches)
             cand = other[int(rng.integers(len(other)))] if n_random else other[0]
             if cand.docid not in taken:
                 chosen.append(cand)
