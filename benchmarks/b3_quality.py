@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import time
@@ -56,7 +57,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--big-batch", type=int, default=128)
-    ap.add_argument("--big-seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--big-seeds", type=int, nargs="*", default=[1],
+                    help="Seeds for the big random batch; none to skip.")
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--p", type=int, default=30)
     ap.add_argument("--m", type=int, default=100)
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--out", default="out/b3-quality")
     ap.add_argument("--steps", type=int, help="Training steps for every dataset (default: %s)." % STEPS)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # B3 mining report
     if args.steps:
         STEPS.update({name: args.steps for name in args.datasets})
         args.out = f"{args.out}-{args.steps}steps"  # results are cached per out dir: keep step counts apart
