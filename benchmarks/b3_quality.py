@@ -33,13 +33,18 @@ def evaluate_model(model, dataset) -> float:
                     k=100, metrics=("nDCG@10",)).metrics["nDCG@10"]
 
 
+def b3_tag(args) -> str:
+    # "meanpos": a multi-positive example is mined by its mean positive (results without it came from the first)
+    return f"b3-meanpos-p{args.p}-m{args.m}-k{args.k}"
+
+
 def run(name: str, batching: str, seed: int, batch: int, out: str, args) -> float:
     from retr.retriever.data import load_beir
     from retr.retriever.training.arguments import TrainConfig
     from retr.retriever.training.driver import build_trainer
 
     big = batch > 32
-    tag = f"b3-p{args.p}-m{args.m}-k{args.k}" if batching == "b3" else batching
+    tag = b3_tag(args) if batching == "b3" else batching
     cfg = TrainConfig(output_dir=os.path.join(out, f"{name}-{tag}-b{batch}-s{seed}"), model="minilm",
                       train_data=[os.path.join(args.data, name)], train_split="train", pairs=False,
                       train_negatives=0, batch_size=batch, max_steps=STEPS[name], lr=args.lr, seed=seed,
@@ -75,7 +80,7 @@ def main() -> None:
     from retr.retriever.data import load_beir
     from retr.retriever.modeling import DualEncoder
 
-    b3_key = f"b3-p{args.p}-m{args.m}-k{args.k}"
+    b3_key = b3_tag(args)
     results: dict = {}
     path = os.path.join(args.out, "results.json")
     if os.path.exists(path):

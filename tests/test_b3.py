@@ -140,3 +140,19 @@ def test_b3_training_end_to_end(tmp_path, tiny_beir, tiny_model_dir):
     assert isinstance(trainer.sampler, B3BatchSampler)
     assert trainer.train()["steps"] == 2
     assert len(list((tmp_path / "cache").glob("b3-*.json"))) == 1
+
+
+def test_teacher_represents_a_multi_positive_example_by_its_mean_positive(tmp_path, tiny_model_dir):
+    """The collator draws one of a query's positives at random, so mining ranks by the expected similarity."""
+    from retr.retriever.modeling import DualEncoder
+    from retr.retriever.training.driver import _teacher_embeddings
+
+    teacher = DualEncoder.from_pretrained(tiny_model_dir)
+    positives = [["red apples", "green pears", "blue plums"], ["green pears"]]
+    emb = _teacher_embeddings(teacher, ["fruit", "pears"], positives, str(tmp_path), {"k": 1})
+    each = teacher.encode_passages(positives[0], show_progress=False)
+    assert emb["p"].dtype == np.float32 and emb["p"].shape == (2, each.shape[1])
+    np.testing.assert_allclose(emb["p"][0], each.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb["p"][1], each[1], rtol=1e-5, atol=1e-6)
+    again = _teacher_embeddings(teacher, ["x"], [["y"]], str(tmp_path), {"k": 1})  # same key: from the cache
+    np.testing.assert_array_equal(again["p"], emb["p"])

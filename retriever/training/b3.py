@@ -1,6 +1,7 @@
 """B3 batches ("Breaking the Batch Barrier", Thirukovalluru et al. 2025): batches of mutual hard negatives.
 
-1. A teacher embeds every training example's query and positive; FAISS ranks all positives for each query.
+1. A teacher embeds every training example's query and positive (the mean of its positives' embeddings when it
+   has several, as the collator draws one at random); FAISS ranks all positives for each query.
 2. For example i, the examples whose positives rank p+1 .. p+m for query i (its own excluded) become edges
    of a sparse undirected graph (the top p are skipped: likely false negatives).
 3. Community detection cuts the graph into clusters of about K examples that are strong negatives for one

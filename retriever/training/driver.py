@@ -117,9 +117,10 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     teacher = DualEncoder.from_pretrained(cfg.b3_teacher)
     queries = [e.query for e in examples]
     query_ids = [e.query_id for e in examples]  # pairs of one query are no negatives for each other
-    positives = [e.positives[0].joined(teacher.passage_tower.config.title_sep) for e in examples]
+    sep = teacher.passage_tower.config.title_sep
+    positives = [[p.joined(sep) for p in e.positives] for e in examples]
     cache = cfg.b3_cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "retr", "b3")
-    data_key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, positives)}
+    data_key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, ["\2".join(p) for p in positives])}
     key = {**data_key, **b3.__dict__, "grouped_by_query": True}
     emb: dict[str, np.ndarray] = {}
 
@@ -151,9 +152,13 @@ def _encode_unique(encode, texts: list[str]) -> np.ndarray:
     return vecs[[pos[t] for t in texts]]
 
 
-def _teacher_embeddings(teacher: DualEncoder, queries: list[str], positives: list[str], cache: str,
+def _teacher_embeddings(teacher: DualEncoder, queries: list[str], positives: list[list[str]], cache: str,
                         data_key: dict) -> dict[str, np.ndarray]:
-    """Teacher embeddings of the examples, cached (npz, no pickle) so other seeds / p / m / K reuse them."""
+    """Teacher embeddings of the examples, cached (npz, no pickle) so other seeds / p / m / K reuse them.
+
+    An example with several positives is represented by their mean embedding: the collator draws one of them at
+    random each epoch, so q . mean is the expected similarity to the positive it will show in a batch (with the
+    first positive alone, NFCorpus's 43 positives per query made the mined hardness a poor guess)."""
     import hashlib
     import json
     import os
@@ -163,7 +168,10 @@ def _teacher_embeddings(teacher: DualEncoder, queries: list[str], positives: lis
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as data:
             return {"q": data["q"], "p": data["p"]}
-    out = {"q": _encode_unique(teacher.encode_queries, queries), "p": _encode_unique(teacher.encode_passages, positives)}
+    flat = _encode_unique(teacher.encode_passages, [t for texts in positives for t in texts])
+    starts = np.cumsum([0] + [len(texts) for texts in positives])
+    out = {"q": _encode_unique(teacher.encode_queries, queries),
+           "p": (np.add.reduceat(flat, starts[:-1], axis=0) / np.diff(starts)[:, None]).astype(np.float32)}
     from retr.indexing.atomic import atomic_file
 
     os.makedirs(cache, exist_ok=True)
