@@ -121,6 +121,29 @@ def main() -> None:
         base = results.get(f"{name}/base", {}).get("ndcg10")
         print(f"| {name} | {base:.4f} | {stats(f'{name}/random/32')} | {stats(f'{name}/{b3_key}/32')} | "
               f"{stats(f'{name}/random/{args.big_batch}')} |")
+    print_all_settings(results, args.datasets)
+
+
+def print_all_settings(results: dict, datasets: list[str]) -> None:
+    """Every batching measured in this out dir (other p/m/K runs too), each against random batches of 32 seed by
+    seed: the paired difference cancels most of the seed-to-seed noise both share."""
+    print("\n| dataset | batching | batch | nDCG@10 mean ± std | n | minus random 32, paired (mean ± std) |")
+    print("|---|---|---|---|---|---|")
+    for name in datasets:
+        runs: dict[tuple[str, str], dict[str, float]] = {}
+        for key, value in results.items():
+            parts = key.split("/")
+            if parts[0] == name and len(parts) == 4:
+                runs.setdefault((parts[1], parts[2]), {})[parts[3]] = value["ndcg10"]
+        baseline = runs.get(("random", "32"), {})
+        for (batching, batch), by_seed in sorted(runs.items(), key=lambda kv: (kv[0][0] != "random", kv[0])):
+            vals = list(by_seed.values())
+            diffs = [v - baseline[s] for s, v in by_seed.items() if s in baseline]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            paired = "-" if (batching, batch) == ("random", "32") or not diffs else (
+                f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.4f}")
+            mean = statistics.mean(vals)
+            print(f"| {name} | {batching} | {batch} | {mean:.4f} ± {sd:.4f} | {len(vals)} | {paired} |")
 
 
 if __name__ == "__main__":
