@@ -9,6 +9,7 @@ NFCorpus 2,590), each with one random positive per epoch: with (query, positive)
 per query would make one query's pairs cluster together, where they are no negatives for each other. Also: random
 batches of --big-batch (GradCache, chunk 32) for the same number of steps. Results are cached in --out per run
 (B3 runs keyed by p, m, K too), so an interrupted study resumes and other p/m/K settings reuse the random runs.
+Last it prints every setting measured in --out, each with its seed-by-seed difference to random batches of 32.
 """
 from __future__ import annotations
 
