@@ -34,7 +34,7 @@ def main() -> None:
 
     texts = load_corpus(os.path.join(args.data, "corpus.jsonl")).passages()[: args.limit]
     enc = Encoder.from_pretrained("minilm")
-    st = SentenceTransformer(packaged_minilm_path(), device="cpu")
+    st = SentenceTransformer(packaged_minilm_path(), device="cpu", trust_remote_code=False)
     assert st.max_seq_length == enc.config.passage_max_length == 256
     enc.encode(texts[:64], batch_size=args.batch_size)  # warm-up both
     st.encode(texts[:64], batch_size=args.batch_size)

@@ -50,7 +50,7 @@ def main() -> None:
     from retr.retriever.modeling import DualEncoder, packaged_minilm_path
     from retr.retriever.search import DenseRetriever
 
-    st = SentenceTransformer(packaged_minilm_path(), device="cpu")
+    st = SentenceTransformer(packaged_minilm_path(), device="cpu", trust_remote_code=False)
     enc = DualEncoder.from_pretrained("minilm")
     rows = []
     for name in args.datasets:

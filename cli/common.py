@@ -76,7 +76,41 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from retr.indexing.atomic import ArtifactError
     from retr.retriever.data.errors import DataError
 
-    return (DataError, ArtifactError, FileNotFoundError, ValueError)
+    return (DataError, ArtifactError, OSError, ValueError)
+
+
+def claim_output(path: Path | str | None, kind: str, flag: str = "--output") -> None:
+    """Call before any work on a command's output directory: refuse to replace what is not retr's ``kind``
+    (index, run, model, ...), check it can be written, and take its writer lock, held until the command ends
+    (a second writer then fails at once, in one line, instead of after encoding a corpus)."""
+    if path is None:
+        return
+    from retr.indexing import locks, outputs
+
+    outputs.check_replaceable(path, kind, flag=flag)
+    outputs.check_writable(path, is_dir=True, flag=flag)
+    locks.acquire(path)
+
+
+def check_outputs(files: dict[str, Path | None] | None = None,
+                  dirs: dict[str, tuple[Path | None, str | None]] | None = None) -> None:
+    """Check outputs before any work, without locking: ``files`` maps a flag to a file path (must not be a
+    directory; its folder must be writable), ``dirs`` a flag to (directory, kind): an existing directory must
+    be retr's ``kind`` (kind ``""``: any directory, e.g. a folder that receives files) and, unless it is such an
+    artifact already (then it is reused), writable."""
+    from retr.indexing import outputs
+
+    for flag, path in (files or {}).items():
+        if path is not None:
+            outputs.check_writable(path, is_dir=False, flag=flag)
+    for flag, (path, kind) in (dirs or {}).items():
+        if path is None:
+            continue
+        if kind != "":
+            outputs.check_replaceable(path, kind, flag=flag)
+            if outputs.is_artifact(path, kind):
+                continue  # reused as it is (a read-only shared index is fine)
+        outputs.check_writable(path, is_dir=True, flag=flag)
 
 
 def console():

@@ -31,6 +31,7 @@ def encode_command(
 ) -> None:
     """Encode a corpus shard into embeddings (numpy + ids, atomically)."""
     common.setup_logging(verbose)
+    common.check_outputs(dirs={"--output": (output, "")})
     from retr.indexing.shards import shard_range, write_shard
     from retr.retriever.data.beir import load_corpus
     from retr.retriever.modeling import DualEncoder

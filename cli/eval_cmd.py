@@ -58,6 +58,9 @@ def eval_command(
     verbose: common.Verbose = False,
 ) -> None:
     common.setup_logging(verbose)
+    common.check_outputs(files={"--output": output, "--run": run},
+                         dirs={"--index": (index, "index"), "--bm25-index": (bm25_index, "index"),
+                               "--output-dir": (output_dir, ""), "--cache-dir": (cache_dir, "")})
     from retr.evaluation.evaluate import evaluate
     from retr.evaluation.report import metrics_table, result_record
     from retr.indexing.atomic import write_json_atomic

@@ -57,6 +57,7 @@ def index_command(
     if ctx.invoked_subcommand is not None:
         return
     common.setup_logging(verbose)
+    common.claim_output(output, "index")  # before any work: refuse non-index paths, check writable, lock
     from retr.indexing.faiss_index import FaissIndex, IndexSpec
 
     spec = IndexSpec(index_type=index_type, metric=metric, hnsw_m=hnsw_m, ef_construction=ef_construction,

@@ -21,13 +21,14 @@ def init_model_command(
     seed: Annotated[int, typer.Option("--seed", help="Initialisation seed.")] = 0,
 ) -> None:
     """Write a random-init BERT encoder directory that reuses an existing tokenizer."""
+    common.claim_output(output, "model")
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from retr.indexing.atomic import atomic_dir
     from retr.retriever.modeling import Encoder, EncoderConfig, resolve_model_path
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer), trust_remote_code=False)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=4 * hidden, max_position_embeddings=max(512, max_length))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -33,19 +34,64 @@ app.command("train", help="Train a dual encoder (supervised / unsupervised Contr
 app.command("init-model", help="Write a random-init BERT that reuses an existing tokenizer.")(init_model_command)
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived. A BaseException, so ``finally`` blocks and atomic writes clean up on the way
+    out, and nothing that catches ``Exception`` (or click, which turns KeyboardInterrupt into a silent exit 130)
+    swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame) -> None:
+    # one-shot: a second signal during clean-up gets the default action (the next run removes what is left)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Stopped(signum)
+
+
+def _install_signal_handlers() -> dict[int, object]:
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    except ValueError:  # not the main thread (retr called from a thread): leave signals alone
+        pass
+    return previous
+
+
+def format_error(e: BaseException) -> str:
+    """One line for a user error; an OSError names its file and says what went wrong in plain words."""
+    if isinstance(e, OSError) and e.errno and e.filename:
+        from retr.indexing.errors import describe_errno
+
+        return f"{e.filename}: {describe_errno(e.errno)}"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2 (RETR_TRACEBACK=1 shows the trace)."""
+    """Entry point: user errors become one line on stderr and exit code 2 (RETR_TRACEBACK=1 shows the trace);
+    SIGINT / SIGTERM remove partial outputs and exit 130 / 143 with one line. Output locks are released."""
+    previous = _install_signal_handlers()
     try:
         app()
+    except Stopped as e:
+        name = "terminated (SIGTERM)" if e.signum == signal.SIGTERM else "interrupted (SIGINT)"
+        print(f"error: {name}; partial outputs removed", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except common.user_errors() as e:
         if os.environ.get("RETR_TRACEBACK"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {format_error(e)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    finally:
+        from retr.indexing import locks
+
+        locks.release_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

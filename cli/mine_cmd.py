@@ -31,6 +31,7 @@ def mine_command(
 ) -> None:
     """Mine hard negatives with a BM25 or dense teacher (rank window, never a judged positive)."""
     common.setup_logging(verbose)
+    common.check_outputs(files={"--output": output}, dirs={"--index": (index, "index")})
     from retr.retriever.data.beir import load_beir
     from retr.retriever.data.training import write_tevatron
     from retr.retriever.mining import MiningConfig, mine_negatives

@@ -39,6 +39,7 @@ def search_command(
     verbose: common.Verbose = False,
 ) -> None:
     common.setup_logging(verbose)
+    common.check_outputs(files={"--run": run, "--output": output})
     from retr.retriever.data.queries import read_queries
     from retr.retriever.data.trec import write_trec_run
     from retr.retriever.search import DenseRetriever

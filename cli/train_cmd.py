@@ -116,6 +116,8 @@ def train_command(
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:
         raise typer.BadParameter("--output is required")
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run directory
+        common.claim_output(cfg.output_dir, "run")
     dist = init_distributed()
     from retr.retriever.training.driver import build_trainer
 

@@ -19,14 +19,11 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 
-from .atomic import ArtifactError, atomic_dir, read_json
+from .atomic import ArtifactError
+from .faiss_io import IDS_FILE, INDEX_FILE, META_FILE, VECTORS_FILE, read_index_dir, write_index_dir  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-IDS_FILE = "docids.json"
-META_FILE = "meta.json"
-VECTORS_FILE = "vectors.npy"
 FORMAT_VERSION = 1
 PRESETS = ("flat", "hnsw", "ivf", "pq", "ivfpq", "sq8")
 
@@ -225,46 +222,20 @@ class FaissIndex:
 
     # ---------- persistence ----------
     def save(self, directory: str | Path) -> Path:
+        """Atomic, locked, with checksums in meta.json that ``load`` verifies (``faiss_io``)."""
         directory = Path(directory)
-        with atomic_dir(directory) as tmp:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
-            with open(tmp / IDS_FILE, "w", encoding="utf-8") as fh:
-                json.dump(self.docids, fh, ensure_ascii=False)
-            if self.vectors is not None:
-                np.save(tmp / VECTORS_FILE, np.asarray(self.vectors, dtype=np.float32))
-            meta = dict(self.meta, count=len(self.docids), has_vectors=self.vectors is not None)
-            with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=2)
+        self.meta = write_index_dir(directory, self.index, self.docids, self.meta, self.vectors)
         log.info("saved %s index of %d docs to %s", self.meta.get("factory"), len(self), directory)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, mmap: bool = False, use_gpu: bool | None = None) -> "FaissIndex":
-        directory = Path(directory)
-        for name in (INDEX_FILE, IDS_FILE, META_FILE):
-            if not (directory / name).exists():
-                raise ArtifactError(f"{directory}: not an index directory (missing {name})")
-        meta = read_json(directory / META_FILE)
-        docids = read_json(directory / IDS_FILE)
-        if not isinstance(docids, list):
-            raise ArtifactError(f"{directory / IDS_FILE}: expected a JSON list of ids")
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        try:
-            index = faiss.read_index(str(directory / INDEX_FILE), flags)
-        except RuntimeError as e:
-            if not mmap:
-                raise ArtifactError(f"{directory / INDEX_FILE}: cannot read FAISS index ({str(e).splitlines()[0]})") from None
-            log.info("this index type cannot be memory-mapped by FAISS; reading it into RAM")
-            index = faiss.read_index(str(directory / INDEX_FILE))
-        if index.ntotal != len(docids):
-            raise ArtifactError(f"{directory}: index holds {index.ntotal} vectors but {IDS_FILE} lists {len(docids)} ids")
-        vectors = None
-        if (directory / VECTORS_FILE).exists():
-            vectors = np.load(directory / VECTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
-        if _want_gpu(use_gpu) and not meta.get("factory", "").startswith("HNSW"):
+        """Open an index directory; anything damaged or inconsistent is refused in one line (``faiss_io``)."""
+        index, docids, meta, vectors = read_index_dir(Path(directory), mmap=mmap)
+        if _want_gpu(use_gpu) and not str(meta.get("factory", "")).startswith("HNSW"):
             index = _to_gpu(index)
         out = cls(index=index, docids=docids, meta=meta, vectors=vectors)
-        params = meta.get("params", {})
+        params = meta.get("params") or {}
         out.set_search_params(ef_search=params.get("ef_search"), nprobe=params.get("nprobe"))
         return out
 

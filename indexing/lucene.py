@@ -42,6 +42,9 @@ def _java_major(home: str) -> int:
 def start_jvm(max_heap: str | None = None) -> None:
     """Start the JVM with Anserini's fat jar on the class path (no-op when already running)."""
     os.environ.setdefault("OPENAI_API_KEY", "unused-offline")
+    # pyserini imports onnxruntime, whose telemetry otherwise writes $TMPDIR/.ses and
+    # ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ on import: retr writes nothing the user did not name
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import jnius_config
 
     if jnius_config.vm_running:
@@ -57,6 +60,9 @@ def start_jvm(max_heap: str | None = None) -> None:
         raise RuntimeError("pyserini's Anserini jar not found; reinstall pyserini")
     jnius_config.add_classpath(jars[0])
     jnius_config.add_options(f"-Xmx{max_heap or os.environ.get('RETR_JVM_HEAP', '4g')}")
+    # -Xrs: the JVM installs no SIGTERM/SIGINT/SIGHUP handlers, so those signals stay Python's (retr cleans up
+    # its temp dirs and exits 143/130 on them instead of the JVM exiting the process under it)
+    jnius_config.add_options("-Xrs")
     t0 = time.perf_counter()
     import jnius  # noqa: F401  (starts the JVM)
 
@@ -72,7 +78,7 @@ def build_lucene_index(docs: Iterable[tuple[str, str]], directory: str | Path, m
     directory = Path(directory)
     count = 0
     t0 = time.perf_counter()
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, kind="index") as tmp:
         indexer = LuceneIndexer(str(tmp / LUCENE_SUBDIR), threads=threads)
         buf: list[dict[str, str]] = []
         for docid, contents in docs:
@@ -94,14 +100,31 @@ def build_lucene_index(docs: Iterable[tuple[str, str]], directory: str | Path, m
     return directory
 
 
+LUCENE_META = {"kind": "string", "count": "integer", "analyzer": "string", "corpus": "object", "fields": "string"}
+
+
 def open_lucene_searcher(directory: str | Path, k1: float = 0.9, b: float = 0.4) -> tuple[Any, dict[str, Any]]:
+    """Open a BM25 index directory; a damaged one (meta.json of the wrong shape, a Lucene index that does not
+    open or holds another number of documents than meta.json says) is refused in one line."""
+    from .validate import check_fields
+
     directory = Path(directory)
     if not (directory / LUCENE_SUBDIR).is_dir() or not (directory / "meta.json").exists():
         raise ArtifactError(f"{directory}: not a retr BM25 index (missing {LUCENE_SUBDIR}/ or meta.json)")
-    meta = read_json(directory / "meta.json")
+    meta = check_fields(read_json(directory / "meta.json"), LUCENE_META, str(directory / "meta.json"))
+    if meta.get("kind") != "lucene":
+        raise ArtifactError(f"{directory / 'meta.json'}: not the meta.json of a BM25 index (kind {meta.get('kind')!r})")
     start_jvm()
     from pyserini.search.lucene import LuceneSearcher
 
-    searcher = LuceneSearcher(str(directory / LUCENE_SUBDIR))
+    try:
+        searcher = LuceneSearcher(str(directory / LUCENE_SUBDIR))
+    except Exception as e:  # jnius.JavaException: a damaged Lucene index
+        msg = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise ArtifactError(f"{directory / LUCENE_SUBDIR}: cannot open the Lucene index "
+                            f"({(msg[0] if msg else type(e).__name__)[:160]}); rebuild it") from None
+    if isinstance(meta.get("count"), int) and searcher.num_docs != meta["count"]:
+        raise ArtifactError(f"{directory}: the Lucene index holds {searcher.num_docs} documents but meta.json "
+                            f"says {meta['count']}; rebuild it")
     searcher.set_bm25(float(k1), float(b))
     return searcher, meta

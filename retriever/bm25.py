@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +18,7 @@ from .data.beir import Corpus
 from .hits import Hit, Run
 
 log = logging.getLogger(__name__)
+TEMP_PREFIX = "retr-bm25-"
 
 
 def flat_contents(title: str, text: str) -> str:
@@ -44,9 +44,22 @@ class BM25Retriever:
     @classmethod
     def for_corpus(cls, corpus: Corpus, index_dir: str | os.PathLike | None = None, threads: int = 1,
                    k1: float = 0.9, b: float = 0.4) -> "BM25Retriever":
-        """Reuse ``index_dir`` if it indexes this corpus, else build it (in a temp dir when none is given)."""
+        """Reuse ``index_dir`` if it indexes this corpus, else build it there.
+
+        Without ``index_dir`` the index goes to ``$TMPDIR/retr-bm25-XXXX/`` and lives as long as the
+        retriever: it is removed by ``close()``, when the retriever is garbage collected, at exit, and on a
+        build error; a run killed outright leaves it, and the next run that needs one removes it."""
         if index_dir is None:
-            index_dir = Path(tempfile.mkdtemp(prefix="retr-bm25-")) / "index"
+            from retr.indexing.locks import OwnedTempDir
+
+            tmp = OwnedTempDir(TEMP_PREFIX)
+            try:
+                retriever = cls.build(corpus, tmp.path / "index", threads=threads, k1=k1, b=b)
+            except BaseException:
+                tmp.cleanup()
+                raise
+            retriever._temp_dir = tmp
+            return retriever
         index_dir = Path(index_dir)
         if (index_dir / "meta.json").exists():
             retriever = cls(index_dir, k1, b)
@@ -54,6 +67,13 @@ class BM25Retriever:
             log.info("reusing BM25 index %s", index_dir)
             return retriever
         return cls.build(corpus, index_dir, threads=threads, k1=k1, b=b)
+
+    def close(self) -> None:
+        """Release the searcher; remove the index when it lives in a temp dir of ours."""
+        self.searcher = None
+        tmp = getattr(self, "_temp_dir", None)
+        if tmp is not None:
+            tmp.cleanup()
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return [Hit(h.docid, float(h.score), i + 1) for i, h in enumerate(self.searcher.search(query, k))]

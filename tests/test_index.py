@@ -53,7 +53,8 @@ def test_interrupted_save_leaves_no_partial_index_and_keeps_old(tmp_path, monkey
         new.save(tmp_path / "fresh")
     monkeypatch.undo()
     assert not (tmp_path / "fresh").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temp dirs cleaned
+    # temp dirs cleaned (the empty writer-lock files .NAME.lock stay by design)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")] == []
     assert len(FaissIndex.load(tmp_path / "idx")) == 10  # the old index is intact
 
 
@@ -63,6 +64,11 @@ def test_load_rejects_non_index_and_inconsistent_dirs(tmp_path):
     x = _vectors(20)
     FaissIndex.build(x, [str(i) for i in range(20)]).save(tmp_path / "i")
     (tmp_path / "i" / "docids.json").write_text(json.dumps(["a"]))
+    with pytest.raises(ArtifactError, match="docids.json: 5 bytes, but 110 were written"):
+        FaissIndex.load(tmp_path / "i")
+    meta = json.loads((tmp_path / "i" / "meta.json").read_text())
+    del meta["checksums"]  # as written before checksums existed: the counts still disagree
+    (tmp_path / "i" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="holds 20 vectors but docids.json lists 1"):
         FaissIndex.load(tmp_path / "i")
 

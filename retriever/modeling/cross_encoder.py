@@ -41,12 +41,15 @@ class CrossEncoder(nn.Module):
         from transformers.utils import logging as hf_logging
 
         path = resolve_model_path(str(name_or_path))
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        from .safe_load import check_model_dir, hf_load
+
+        check_model_dir(path)  # one line for a damaged directory; no code from it ever runs (safe_load)
+        tokenizer = hf_load(AutoTokenizer.from_pretrained, path, "tokenizer")
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a fresh head is expected when starting from an encoder
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=_num_labels(path), output_loading_info=True)
+            model, info = hf_load(AutoModelForSequenceClassification.from_pretrained, path, "cross-encoder",
+                                  num_labels=_num_labels(path), output_loading_info=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         model.eval()

@@ -125,8 +125,11 @@ class Encoder(nn.Module):
         stored = read_encoder_config(Path(path)) if Path(path).is_dir() else {}
         stored.update({k: v for k, v in overrides.items() if v is not None})
         config = EncoderConfig(**stored)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
+        from .safe_load import check_model_dir, hf_load
+
+        check_model_dir(path)  # one line for a damaged directory; no code from it ever runs (safe_load)
+        tokenizer = hf_load(AutoTokenizer.from_pretrained, path, "tokenizer")
+        model = hf_load(AutoModel.from_pretrained, path, "model")
         model.eval()
         return cls(model, tokenizer, config, name=str(name_or_path))
 

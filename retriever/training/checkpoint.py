@@ -1,7 +1,12 @@
 """Checkpoints without pickle: model as a Hugging Face safetensors directory, every other tensor (optimizer
 moments, task state such as the MoCo queue and key encoder, RNG states) in safetensors, scalars in JSON.
 Each checkpoint directory is written atomically (temp dir, then rename), so the latest complete one is
-always loadable and a killed run loses at most ``save_steps`` steps."""
+always loadable and a killed run loses at most ``save_steps`` steps.
+
+Each checkpoint carries ``manifest.json`` (size and sha256 of every file). ``--resume`` verifies a checkpoint
+before loading anything from it, and when the newest one is damaged (truncated or missing file, changed
+bytes) it warns and falls back to the previous intact one. Temp dirs of runs killed while saving
+(``.step-N.tmp-*``) are removed at the next save, under the lock of the checkpoints directory."""
 from __future__ import annotations
 
 import json
@@ -14,10 +19,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from retr.indexing import locks
 from retr.indexing.atomic import ArtifactError, atomic_dir, read_json
+from retr.indexing.validate import check_fields, check_safetensors, file_digest, verify_files
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+REQUIRED = ("model", "task.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json")
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -65,18 +74,62 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 def save_checkpoint(root: Path, step: int, model, task: torch.nn.Module, optimizer, state: dict[str, Any],
                     keep: int = 2) -> Path:
     final = root / f"step-{step}"
-    with atomic_dir(final) as tmp:
-        model.save(tmp / "model")
-        task_state = {k: v.detach().cpu().contiguous().clone() for k, v in task.state_dict().items()}
-        save_file(task_state, str(tmp / "task.safetensors"))
-        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(rng_tensors(), str(tmp / "rng.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    with locks.output_lock(root):  # one lock for the whole checkpoints/ folder, not one file per step
+        for stale in root.glob(".step-*.tmp-*"):  # left by a run killed while saving
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        with atomic_dir(final, kind="checkpoint", lock=False) as tmp:
+            model.save(tmp / "model")
+            task_state = {k: v.detach().cpu().contiguous().clone() for k, v in task.state_dict().items()}
+            save_file(task_state, str(tmp / "task.safetensors"))
+            opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            save_file(rng_tensors(), str(tmp / "rng.safetensors"))
+            (tmp / "trainer_state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
+            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+            (tmp / MANIFEST).write_text(json.dumps({f: file_digest(tmp / f) for f in files}, indent=1))
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint saved: %s", final)
     return final
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse (one line) a checkpoint that is incomplete or not byte-for-byte what was saved. Checkpoints
+    without a manifest (older retr) get the structural checks: every safetensors file complete, JSON valid."""
+    for name in REQUIRED:
+        if not (path / name).exists():
+            raise ArtifactError(f"{path}: incomplete checkpoint (missing {name})")
+    if (path / MANIFEST).exists():
+        manifest = read_json(path / MANIFEST)
+        verify_files(path, manifest, full=list(manifest) if isinstance(manifest, dict) else ())
+    else:
+        weights = sorted((path / "model").rglob("*.safetensors"))
+        if not weights:
+            raise ArtifactError(f"{path}: incomplete checkpoint (no model/*.safetensors)")
+        for f in weights + [path / n for n in REQUIRED if n.endswith(".safetensors")]:
+            check_safetensors(f)
+    state = check_fields(read_json(path / "trainer_state.json"), {"global_step": "integer", "epoch": "integer",
+                         "next_batch": "integer", "scheduler": "object", "optimizer": "object"},
+                         str(path / "trainer_state.json"), required=("global_step", "scheduler", "optimizer"))
+    check_fields(state["optimizer"], {"param_groups": "list", "scalars": "object"},
+                 str(path / "trainer_state.json") + " (optimizer)", required=("param_groups",))
+
+
+def load_latest_checkpoint(found: list[Path], model, task: torch.nn.Module, optimizer) -> tuple[Path, dict[str, Any]]:
+    """Load the newest intact checkpoint of ``found`` (oldest first); a damaged one is skipped with a warning.
+    Every load overwrites the whole model/task/optimizer state, so a failed attempt leaves nothing behind."""
+    errors = []
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path, model, task, optimizer)
+        except ArtifactError as e:
+            errors.append(f"{path.name}: {e}")
+            older = [p for p in found if p != path and found.index(p) < found.index(path)]
+            log.warning("checkpoint %s is damaged (%s); %s", path, e,
+                        f"falling back to {older[-1].name}" if older else "no older checkpoint to fall back to")
+    raise ArtifactError(f"{found[-1].parent}: no intact checkpoint to resume from ({'; '.join(errors)[:300]})")
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -87,17 +140,21 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer) -> dict[str, Any]:
-    """Restore model, task, optimizer and RNG in place; return the trainer state (step, epoch, ...)."""
-    for name in ("model", "task.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"):
-        if not (path / name).exists():
-            raise ArtifactError(f"{path}: incomplete checkpoint (missing {name})")
+    """Restore model, task, optimizer and RNG in place; return the trainer state (step, epoch, ...).
+    The checkpoint is verified first (``verify_checkpoint``), so nothing is loaded from a damaged one."""
+    verify_checkpoint(path)
     saved = type(model).from_pretrained(path / "model")
     model.load_state_dict(saved.state_dict())
-    task_state = load_file(str(path / "task.safetensors"))
+    try:
+        task_state = load_file(str(path / "task.safetensors"))
+        opt_tensors = load_file(str(path / "optimizer.safetensors"))
+        rng = load_file(str(path / "rng.safetensors"))
+    except Exception as e:  # safetensors.SafetensorError: damaged in a way the header check did not see
+        raise ArtifactError(f"{path}: cannot read checkpoint tensors ({str(e).splitlines()[0][:160]})") from None
     missing, unexpected = task.load_state_dict(task_state, strict=False)
     if unexpected:
         raise ArtifactError(f"{path}/task.safetensors: unexpected entries {unexpected[:3]} (different training mode?)")
     state = read_json(path / "trainer_state.json")
-    optimizer_from_flat(optimizer, load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
-    restore_rng(load_file(str(path / "rng.safetensors")))
+    optimizer_from_flat(optimizer, opt_tensors, state.pop("optimizer"))
+    restore_rng(rng)
     return state

@@ -21,7 +21,7 @@ from retr.indexing.atomic import atomic_dir, write_json_atomic
 
 from ..modeling.dual_encoder import DualEncoder
 from .arguments import TrainConfig
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from .distributed import DistInfo, barrier, gather_nograd, gather_with_grad
 from .grad_cache import cached_step
 from .samplers import BatchSampler, iterate, local_slice
@@ -174,16 +174,16 @@ class Trainer:
         if not found:
             log.info("no checkpoint under %s: starting from scratch", self.output / "checkpoints")
             return False
-        state = load_checkpoint(found[-1], self.model, self.task, self.optimizer)
+        path, state = load_latest_checkpoint(found, self.model, self.task, self.optimizer)  # skips damaged ones
         if state.get("world_size", 1) != self.dist.world_size:
-            raise ValueError(f"{found[-1]}: saved with world size {state.get('world_size')}, "
+            raise ValueError(f"{path}: saved with world size {state.get('world_size')}, "
                              f"resuming with {self.dist.world_size}")
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.global_step, self.epoch, self.next_batch = state["global_step"], state["epoch"], state["next_batch"]
-        self.resumed_from = found[-1]
-        log.info("resumed from %s (step %d)", found[-1], self.global_step)
+        self.resumed_from = path
+        log.info("resumed from %s (step %d)", path, self.global_step)
         return True
 
     # ---------- the loop ----------

@@ -1,0 +1,135 @@
+"""Reading and writing FAISS index directories (``index.faiss`` + ``docids.json`` [+ ``vectors.npy``] +
+``meta.json``), kept apart from ``FaissIndex`` so building and persistence evolve separately.
+
+``write_index_dir`` writes atomically (``atomic.atomic_dir``) and records the size and sha256 of each file
+in ``meta.json`` (``"checksums"``); the index file is streamed through Python in 1 MiB chunks, so its
+checksum costs no second pass and a full disk raises an ``OSError`` carrying ENOSPC (turned into one line).
+``read_index_dir`` refuses, in one line, anything that is not what was written: missing or resized files,
+checksum mismatches (the sha256 of every file unless memory-mapped; ``docids.json`` always), a
+``meta.json`` of the wrong shape, counts or dims that disagree, non-string or duplicate ids. This is what
+ties ids to rows: a ``docids.json`` rotated by one is refused rather than answering with wrong ids.
+Directories written before checksums existed still load, with one warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .atomic import atomic_dir, read_json
+from .errors import ArtifactError
+from .validate import CHUNK, HashingWriter, check_id_list, check_index_meta, verify_files
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "docids.json"
+META_FILE = "meta.json"
+VECTORS_FILE = "vectors.npy"
+
+
+def write_index_dir(directory: Path, index: Any, docids: list[str], meta: dict[str, Any],
+                    vectors: np.ndarray | None = None) -> dict[str, Any]:
+    """Write the directory atomically; returns the meta as written (with ``checksums``)."""
+    with atomic_dir(directory, kind="index") as tmp:
+        sums = {INDEX_FILE: _write_faiss(index, tmp / INDEX_FILE)}
+        w = HashingWriter(tmp / IDS_FILE)
+        try:
+            w.write(json.dumps(docids, ensure_ascii=False).encode("utf-8"))
+        finally:
+            sums[IDS_FILE] = w.close()
+        if vectors is not None:
+            w = HashingWriter(tmp / VECTORS_FILE)
+            try:
+                np.save(w, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
+            finally:
+                sums[VECTORS_FILE] = w.close()
+        meta = dict(meta, count=len(docids), has_vectors=vectors is not None, checksums=sums)
+        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+    return meta
+
+
+def read_index_dir(directory: Path, mmap: bool = False) -> tuple[Any, list[str], dict[str, Any], np.ndarray | None]:
+    """(faiss index, ids, meta, stored vectors or None), each checked against the others and ``meta.json``."""
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: index directory not found" + _leftover_hint(directory))
+    for name in (INDEX_FILE, IDS_FILE, META_FILE):
+        if not (directory / name).exists():
+            raise ArtifactError(f"{directory}: not an index directory (missing {name})")
+    meta = check_index_meta(read_json(directory / META_FILE), str(directory / META_FILE))
+    sums = meta.get("checksums")
+    if sums is None:
+        _warn_unverified(directory)
+    else:
+        verify_files(directory, sums, full=(IDS_FILE,) if mmap else (IDS_FILE, INDEX_FILE, VECTORS_FILE))
+    docids = check_id_list(read_json(directory / IDS_FILE), str(directory / IDS_FILE))
+    index = _read_faiss(directory / INDEX_FILE, mmap)
+    if index.ntotal != len(docids):
+        raise ArtifactError(f"{directory}: index holds {index.ntotal} vectors but {IDS_FILE} lists {len(docids)} ids")
+    for key, have in (("count", len(docids)), ("dim", int(index.d))):
+        if key in meta and meta[key] != have:
+            raise ArtifactError(f"{directory / META_FILE}: says {key} {meta[key]} but the index has {have}")
+    if len(set(docids)) != len(docids):
+        raise ArtifactError(f"{directory / IDS_FILE}: duplicate ids")
+    vectors = None
+    if (directory / VECTORS_FILE).exists():
+        try:
+            vectors = np.load(directory / VECTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ArtifactError(f"{directory / VECTORS_FILE}: cannot read ({_first_line(e)})") from None
+        if vectors.shape != (len(docids), int(index.d)):
+            raise ArtifactError(f"{directory / VECTORS_FILE}: shape {vectors.shape}, expected "
+                                f"({len(docids)}, {int(index.d)})")
+    return index, docids, meta, vectors
+
+
+def _write_faiss(index: Any, path: Path) -> dict[str, Any]:
+    w = HashingWriter(path)
+    try:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(w.write, CHUNK))
+    finally:
+        digest = w.close()
+    return digest
+
+
+def _read_faiss(path: Path, mmap: bool) -> Any:
+    if mmap:
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError as e:
+            log.info("cannot memory-map %s (%s); reading it into RAM", path, _first_line(e))
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: cannot read FAISS index ({_first_line(e)}); rebuild it") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative part of a (possibly multi-line, C++-prefixed) library message."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return text.split("Error: ", 1)[-1].strip()[:200]
+
+
+_warned: set[str] = set()
+
+
+def _warn_unverified(directory: Path) -> None:
+    key = str(directory.resolve())
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s was written by an older retr without checksums: its ids are not verified against the "
+                    "rows; rebuild it (retr index) to add them", directory)
+
+
+def _leftover_hint(directory: Path) -> str:
+    olds = sorted(directory.parent.glob(f".{directory.name}.old-*")) if directory.parent.is_dir() else []
+    if olds:
+        return (f"; a run killed while replacing it left the previous index in {olds[-1]}: the next "
+                f"`retr index -o {directory}` puts it back first")
+    return ""
