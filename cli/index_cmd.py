@@ -113,7 +113,9 @@ def info_command(index_dir: Annotated[Path, typer.Argument(help="Index directory
     meta_path = index_dir / "meta.json"
     if not meta_path.exists():
         raise ArtifactError(f"{index_dir}: not an index directory (missing meta.json)")
-    meta = read_json(meta_path)
+    from retr.indexing.validate import check_fields
+
+    meta = check_fields(read_json(meta_path), {}, str(meta_path))  # a JSON object, or one line
     table = Table(title=str(index_dir), show_header=False)
     for key, value in meta.items():
         table.add_row(key, json.dumps(value, indent=1) if isinstance(value, (dict, list)) else str(value))

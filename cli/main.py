@@ -71,6 +71,19 @@ def format_error(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _end_progress_bars() -> None:
+    """Close progress bars a failed command left open, so the error starts a line of its own."""
+    if "tqdm" not in sys.modules:
+        return
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:
+            pass
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2 (RETR_TRACEBACK=1 shows the trace);
     SIGINT / SIGTERM remove partial outputs and exit 130 / 143 with one line. Output locks are released."""
@@ -78,12 +91,14 @@ def main() -> None:
     try:
         app()
     except Stopped as e:
+        _end_progress_bars()
         name = "terminated (SIGTERM)" if e.signum == signal.SIGTERM else "interrupted (SIGINT)"
         print(f"error: {name}; partial outputs removed", file=sys.stderr)
         sys.exit(128 + e.signum)
     except common.user_errors() as e:
         if os.environ.get("RETR_TRACEBACK"):
             raise
+        _end_progress_bars()
         print(f"error: {format_error(e)}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -49,11 +49,13 @@ def check_built_from(meta: dict, corpus_fingerprint: str, index_dir: str | os.Pa
 
 # ---------- fault injection (tests) ----------
 _fault_steps = 0
+_fault_hit: set[str] = set()
 
 
 def fault_point(label: str) -> None:
-    """A step of a write sequence. With ``RETR_TEST_FAULT_AT=N`` the N-th step kills the process (SIGKILL,
-    or SIGSTOP with ``RETR_TEST_FAULT_ACTION=stop``); ``RETR_TEST_FAULT_TRACE=1`` prints each step."""
+    """A step of a write sequence. With ``RETR_TEST_FAULT_AT=N`` the N-th step (or the first step whose label is
+    N, e.g. ``before swap``) kills the process (SIGKILL, or SIGSTOP with ``RETR_TEST_FAULT_ACTION=stop``);
+    ``RETR_TEST_FAULT_TRACE=1`` prints each step. A no-op unless the variable is set."""
     at = os.environ.get("RETR_TEST_FAULT_AT")
     if not at:
         return
@@ -61,7 +63,8 @@ def fault_point(label: str) -> None:
     _fault_steps += 1
     if os.environ.get("RETR_TEST_FAULT_TRACE"):
         print(f"retr-fault-step {_fault_steps} {label}", file=sys.stderr, flush=True)
-    if _fault_steps == int(at):
+    if (str(_fault_steps) == at) if at.isdigit() else (label == at and at not in _fault_hit):
+        _fault_hit.add(at)
         stop = os.environ.get("RETR_TEST_FAULT_ACTION") == "stop"
         os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)
 
