@@ -63,6 +63,7 @@ def start_jvm(max_heap: str | None = None) -> None:
     # -Xrs: the JVM installs no SIGTERM/SIGINT/SIGHUP handlers, so those signals stay Python's (retr cleans up
     # its temp dirs and exits 143/130 on them instead of the JVM exiting the process under it)
     jnius_config.add_options("-Xrs")
+    jnius_config.add_options("-XX:-UsePerfData")  # no /tmp/hsperfdata_$USER/PID file (left behind by a kill)
     t0 = time.perf_counter()
     import jnius  # noqa: F401  (starts the JVM)
 

@@ -64,25 +64,24 @@ def checksums(directory: str | os.PathLike, names: Iterable[str]) -> dict[str, d
     return {n: file_digest(directory / n) for n in names if (directory / n).is_file()}
 
 
-def verify_files(directory: str | os.PathLike, expected: dict[str, Any], full: Iterable[str] = ()) -> None:
-    """Compare files with the ``checksums`` a writer recorded: sizes of all, sha256 of those in ``full``."""
+def verify_files(directory: str | os.PathLike, expected: dict[str, Any], full: Iterable[str] = (),
+                 record: str = "meta.json") -> None:
+    """Compare files with the checksums a writer recorded in ``record``: sizes of all, sha256 of those in ``full``."""
     directory = Path(directory)
     if not isinstance(expected, dict):
-        raise ArtifactError(f"{directory / 'meta.json'}: \"checksums\" must be an object")
+        raise ArtifactError(f"{directory / record}: checksums must be a JSON object")
     full = set(full)
     for name, want in expected.items():
         path = directory / name
         if not isinstance(want, dict) or not isinstance(want.get("bytes"), int):
-            raise ArtifactError(f"{directory / 'meta.json'}: malformed checksum entry for {name}")
+            raise ArtifactError(f"{directory / record}: malformed checksum entry for {name}")
         if not path.is_file():
-            raise ArtifactError(f"{path}: missing (meta.json lists it)")
+            raise ArtifactError(f"{path}: missing ({record} lists it)")
         size = path.stat().st_size
         if size != want["bytes"]:
-            raise ArtifactError(f"{path}: {size:,} bytes, but {want['bytes']:,} were written (truncated or replaced); "
-                                "rebuild it")
+            raise ArtifactError(f"{path}: {size:,} bytes, but {want['bytes']:,} were written (truncated or replaced)")
         if name in full and want.get("sha256") and file_digest(path)["sha256"] != want["sha256"]:
-            raise ArtifactError(f"{path}: checksum differs from the one recorded in meta.json (the file was changed "
-                                "after it was written); rebuild it")
+            raise ArtifactError(f"{path}: checksum differs from the one in {record} (changed after it was written)")
 
 
 def ids_digest(ids: list[str]) -> str:

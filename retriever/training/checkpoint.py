@@ -103,7 +103,7 @@ def verify_checkpoint(path: Path) -> None:
             raise ArtifactError(f"{path}: incomplete checkpoint (missing {name})")
     if (path / MANIFEST).exists():
         manifest = read_json(path / MANIFEST)
-        verify_files(path, manifest, full=list(manifest) if isinstance(manifest, dict) else ())
+        verify_files(path, manifest, full=list(manifest) if isinstance(manifest, dict) else (), record=MANIFEST)
     else:
         weights = sorted((path / "model").rglob("*.safetensors"))
         if not weights:
@@ -121,14 +121,13 @@ def load_latest_checkpoint(found: list[Path], model, task: torch.nn.Module, opti
     """Load the newest intact checkpoint of ``found`` (oldest first); a damaged one is skipped with a warning.
     Every load overwrites the whole model/task/optimizer state, so a failed attempt leaves nothing behind."""
     errors = []
-    for path in reversed(found):
+    for i in range(len(found) - 1, -1, -1):
         try:
-            return path, load_checkpoint(path, model, task, optimizer)
+            return found[i], load_checkpoint(found[i], model, task, optimizer)
         except ArtifactError as e:
-            errors.append(f"{path.name}: {e}")
-            older = [p for p in found if p != path and found.index(p) < found.index(path)]
-            log.warning("checkpoint %s is damaged (%s); %s", path, e,
-                        f"falling back to {older[-1].name}" if older else "no older checkpoint to fall back to")
+            errors.append(f"{found[i].name}: {e}")
+            log.warning("checkpoint %s is damaged (%s); %s", found[i], e,
+                        f"falling back to {found[i - 1].name}" if i else "no older checkpoint to fall back to")
     raise ArtifactError(f"{found[-1].parent}: no intact checkpoint to resume from ({'; '.join(errors)[:300]})")
 
 

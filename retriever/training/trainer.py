@@ -273,8 +273,13 @@ class _RunLogger:
 
     def log(self, step: int, values: dict[str, float]) -> None:
         log.info("step %d  %s", step, "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **values}) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: one line naming the file (the checkpoints written so far are intact)
+            from retr.indexing.errors import OutputError, describe_errno
+
+            raise OutputError(f"cannot write {self.file.name}: {describe_errno(e.errno or 0)}") from None
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
