@@ -194,7 +194,7 @@ def atomic_dir(final: str | os.PathLike, kind: str | None = None, lock: bool = T
         except OSError as e:
             raise _write_error(e, final) from None
         fault_point("mkdtemp")
-        swapped, existed = False, os.path.lexists(final)
+        swapped, existed, moved_old = False, os.path.lexists(final), None
         try:
             yield tmp
             _fsync_tree(tmp)
@@ -208,14 +208,14 @@ def atomic_dir(final: str | os.PathLike, kind: str | None = None, lock: bool = T
                     shutil.rmtree(tmp, ignore_errors=True)
                     fault_point("removed old")
                 else:
-                    old = final.parent / f".{final.name}.old-{os.getpid()}"
-                    os.rename(final, old)
+                    moved_old = final.parent / f".{final.name}.old-{os.getpid()}"
+                    os.rename(final, moved_old)
                     fault_point("renamed old away")
                     os.rename(tmp, final)
                     swapped = True
                     fault_point("renamed new in")
                     _fsync_dir(final.parent)
-                    shutil.rmtree(old, ignore_errors=True)
+                    shutil.rmtree(moved_old, ignore_errors=True)
             else:
                 rename_noreplace(tmp, final)
                 swapped = True
@@ -223,6 +223,9 @@ def atomic_dir(final: str | os.PathLike, kind: str | None = None, lock: bool = T
                 _fsync_dir(final.parent)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if moved_old is not None and not swapped and not os.path.lexists(final):
+                with contextlib.suppress(OSError):
+                    os.rename(moved_old, final)  # interrupted between the two renames: the old one goes back
             err = _write_error(e, final, "the new version is in place" if swapped else
                                "the previous version is unchanged" if existed else "nothing was written")
             if err is e:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import ArtifactError, atomic_dir, read_json
+from .validate import check_fields, check_id_list, checksums, verify_files
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -31,8 +32,9 @@ def write_shard(root: str | Path, shard: int, num_shards: int, vectors: np.ndarr
     with atomic_dir(final) as tmp:
         np.save(tmp / "embeddings.npy", np.ascontiguousarray(vectors, dtype=np.float32))
         (tmp / "docids.json").write_text(json.dumps(docids, ensure_ascii=False))
+        sums = checksums(tmp, ("embeddings.npy", "docids.json"))  # ties the ids to the rows (validate.py)
         (tmp / "meta.json").write_text(json.dumps({**meta, "shard": shard, "num_shards": num_shards,
-                                                   "count": len(docids)}, indent=2))
+                                                   "count": len(docids), "checksums": sums}, indent=2))
     return final
 
 
@@ -42,7 +44,12 @@ def load_shards(root: str | Path, mmap: bool = False) -> tuple[np.ndarray, list[
     dirs = sorted(p for p in root.glob("shard-*-of-*") if p.is_dir())
     if not dirs:
         raise ArtifactError(f"{root}: no embedding shards (shard-*-of-*) found")
-    metas = [read_json(d / "meta.json") for d in dirs]
+    metas = [check_fields(read_json(d / "meta.json"), {"shard": "integer", "num_shards": "integer",
+                                                       "checksums": "object"}, str(d / "meta.json"),
+                          required=("shard", "num_shards")) for d in dirs]
+    for d, m in zip(dirs, metas):
+        if "checksums" in m:
+            verify_files(d, m["checksums"], full=("docids.json",) if mmap else ("embeddings.npy", "docids.json"))
     num = metas[0]["num_shards"]
     have = sorted(m["shard"] for m in metas)
     if have != list(range(num)) or any(m["num_shards"] != num for m in metas):
@@ -56,9 +63,9 @@ def load_shards(root: str | Path, mmap: bool = False) -> tuple[np.ndarray, list[
     vectors = [np.load(d / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False) for d in dirs]
     ids: list[str] = []
     for d, v in zip(dirs, vectors):
-        part = read_json(d / "docids.json")
+        part = check_id_list(read_json(d / "docids.json"), str(d / "docids.json"))
         if len(part) != len(v):
             raise ArtifactError(f"{d}: {len(v)} vectors but {len(part)} ids")
         ids.extend(part)
-    meta = {k: v for k, v in metas[0].items() if k not in ("shard", "count")}
+    meta = {k: v for k, v in metas[0].items() if k not in ("shard", "count", "checksums")}
     return np.concatenate(vectors) if len(vectors) > 1 else np.asarray(vectors[0]), ids, meta

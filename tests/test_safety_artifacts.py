@@ -100,6 +100,17 @@ def test_swapped_index_file_is_refused(built, tmp_path):
         FaissIndex.load(bad)
 
 
+def test_embedding_shards_with_rotated_ids_are_refused(tmp_path, tiny_model_dir, capsys):
+    from safety_util import make_shards
+
+    shards = make_shards(tmp_path / "emb", tiny_model_dir)
+    ids_file = next(shards.glob("shard-*")) / "docids.json"
+    _edit_json(ids_file, lambda d: d[1:] + d[:1])
+    code, _, err = run_cli(["index", "--from-embeddings", shards, "-o", tmp_path / "idx"], capsys)
+    assert code == 2 and "docids.json: checksum differs" in one_error_line(err)
+    assert not (tmp_path / "idx").exists()
+
+
 # ---------- corrupt-index-mmap ----------
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 @pytest.mark.parametrize("old_format", [False, True], ids=["checksummed", "no-checksums"])
