@@ -55,7 +55,31 @@ def write_index_dir(directory: Path, index: Any, docids: list[str], meta: dict[s
 
 
 def read_index_dir(directory: Path, mmap: bool = False) -> tuple[Any, list[str], dict[str, Any], np.ndarray | None]:
-    """(faiss index, ids, meta, stored vectors or None), each checked against the others and ``meta.json``."""
+    """(faiss index, ids, meta, stored vectors or None), each checked against the others and ``meta.json``.
+
+    Readers take no lock. If a writer swaps a new index in while this reads the files one by one (the directory
+    under the name changes: another inode), the mixed read fails its checks and is simply read again."""
+    for attempt in range(3):
+        before = _inode(directory)
+        try:
+            return _read_index_dir(directory, mmap)
+        except (ArtifactError, OSError):  # OSError: a file of the swapped-out copy removed under us
+            if attempt == 2 or before is None or _inode(directory) == before:
+                raise
+            log.info("%s was replaced while being read; reading it again", directory)
+    raise AssertionError("unreachable")
+
+
+def _inode(path: Path) -> tuple[int, int, int] | None:
+    """Identity of the directory under the name; ctime too, as a freed inode number is soon reused."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def _read_index_dir(directory: Path, mmap: bool) -> tuple[Any, list[str], dict[str, Any], np.ndarray | None]:
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: index directory not found" + _leftover_hint(directory))
     for name in (INDEX_FILE, IDS_FILE, META_FILE):

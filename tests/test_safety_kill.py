@@ -80,3 +80,31 @@ def test_sigkill_during_the_two_rename_fallback_is_recovered(tmp_path, shards, c
     assert _answer(idx, capsys) == "old"
     assert run_cli(["index", "--from-embeddings", new, "-o", idx], capsys)[0] == 0
     assert _answer(idx, capsys) == "new" and leftovers(idx) == []
+
+
+def test_readers_during_repeated_replacements_see_old_or_new_never_an_error(tmp_path):
+    """Readers take no lock: while another process replaces the index again and again, every load answers
+    with one complete index (a read that straddles a swap is detected and read again)."""
+    import numpy as np
+
+    from retr.indexing import FaissIndex
+
+    idx = tmp_path / "idx"
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    sets = {"a": [f"a{i}" for i in range(200)], "b": [f"b{i}" for i in range(200)]}
+    FaissIndex.build(x, sets["a"]).save(idx)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, numpy as np; from retr.indexing import FaissIndex\n"
+        "x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)\n"
+        "for i in range(60):\n"
+        "    p = 'ab'[i % 2]; FaissIndex.build(x, [f'{p}{j}' for j in range(200)]).save(sys.argv[1])\n"), str(idx)])
+    seen = set()
+    try:
+        while writer.poll() is None:
+            index = FaissIndex.load(idx)
+            _, hits = index.search(x[:3], 1)
+            assert index.docids in (sets["a"], sets["b"]) and hits[0][0] == index.docids[0]
+            seen.add(index.docids[0][0])
+    finally:
+        writer.wait(timeout=60)
+    assert writer.returncode == 0 and seen == {"a", "b"}
