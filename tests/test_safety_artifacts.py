@@ -226,6 +226,15 @@ def test_resume_falls_back_to_the_previous_intact_checkpoint(reference_run, tiny
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
+def test_checkpoint_written_before_manifests_still_resumes(reference_run, tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run / "ref", run)
+    shutil.rmtree(run / "model")
+    for step in ("step-2", "step-4"):
+        (run / "checkpoints" / step / "manifest.json").unlink()
+    assert _train(run, tiny_model_dir, reference_run / "data", resume=True).resumed_from == run / "checkpoints" / "step-4"
+
+
 def test_resume_with_no_intact_checkpoint_is_one_line(reference_run, tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference_run / "ref", run)
