@@ -73,10 +73,6 @@ def release(path: str | os.PathLike) -> None:
     lock.release(force=True)
 
 
-def holds(path: str | os.PathLike) -> bool:
-    return str(lock_path(path)) in _held
-
-
 def release_all() -> None:
     for key in list(_held):
         lock, _ = _held.pop(key)
@@ -161,7 +157,3 @@ class OwnedTempDir:
 
     def cleanup(self) -> None:
         self._finalizer()
-
-    @property
-    def alive(self) -> bool:
-        return self._finalizer.alive
