@@ -88,7 +88,7 @@ def read_tevatron(path: str | Path) -> list[TrainExample]:
     if not path.exists():
         raise DataError(path, None, "training file not found")
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue

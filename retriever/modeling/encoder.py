@@ -6,8 +6,10 @@ when present (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_confi
 ``config_sentence_transformers.json``) or from retr's own ``retr_encoder.json``; ``save`` writes all of
 them, so a saved encoder loads in transformers (``AutoModel``), sentence-transformers and retr alike.
 
-Encoding tokenizes everything once (fast tokenizer), sorts by *token* length so each batch pads to
-nearly nothing, runs under ``torch.inference_mode`` (fp16 autocast on CUDA) and returns float32 numpy.
+``encode`` tokenizes the texts of one call at once (fast tokenizer), sorts them by *token* length so each batch
+pads to nearly nothing, runs under ``torch.inference_mode`` (fp16 autocast on CUDA) and returns float32 numpy;
+its memory grows with the call, so corpora go through ``retr.retriever.encoding`` in blocks. Max lengths above
+the model's positions are clamped with a warning.
 """
 from __future__ import annotations
 
@@ -86,6 +88,16 @@ def read_encoder_config(model_dir: Path) -> dict[str, Any]:
     return out
 
 
+def position_limit(model: nn.Module, tokenizer: Any) -> int:
+    """Most tokens the model can take: its position embeddings, and the tokenizer's limit when that is set
+    (RoBERTa has 514 positions for 512 tokens; an unset tokenizer limit is a huge sentinel)."""
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 10**9
+    tok_limit = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    if 0 < tok_limit < 10**8:
+        positions = min(positions, tok_limit)
+    return positions if positions < 10**9 else 512
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     if how == "cls":
         return hidden[:, 0]
@@ -107,12 +119,18 @@ class Encoder(nn.Module):
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
         self.train(model.training)
         self.precision = "auto"  # inference autocast: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
-        limit = getattr(tokenizer, "model_max_length", 512) or 512
-        limit = min(int(limit), int(getattr(model.config, "max_position_embeddings", 512) or 512), 512)
-        if self.config.query_max_length is None:
-            self.config.query_max_length = limit
-        if self.config.passage_max_length is None:
-            self.config.passage_max_length = limit
+        positions = position_limit(model, tokenizer)
+        default = min(positions, 512)
+        for side in ("query_max_length", "passage_max_length"):
+            value = getattr(self.config, side)
+            if value is None:
+                setattr(self.config, side, default)
+            elif value < 1:
+                raise ValueError(f"{side.replace('_', '-')} must be at least 1, got {value}")
+            elif value > positions:
+                log.warning("--%s %d is more than the model's %d positions; using %d", side.replace("_", "-"), value,
+                            positions, positions)
+                setattr(self.config, side, positions)
 
     # ---------- loading / saving ----------
     @classmethod
