@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,16 @@ def encode_corpus(encoder: DualEncoder, corpus: Corpus, work_dir: str | os.PathL
 
         bar = tqdm(total=end - start, initial=resumed, desc="encoding passages", unit="doc", smoothing=0.05)
     sep = encoder.passage_tower.config.title_sep
+    kill_after = int(os.environ.get("RETR_KILL_AFTER_BLOCKS", "0") or 0)  # fault injection for resume tests
     t0 = time.perf_counter()
     try:
-        for block in corpus.iter_blocks(block_size, sep, start + resumed, end):
+        for i, block in enumerate(corpus.iter_blocks(block_size, sep, start + resumed, end), 1):
             vectors = encoder.encode_passages(block.texts, batch_size=batch_size, show_progress=False)
             partial.write(vectors)
             if bar is not None:
                 bar.update(len(block.texts))
+            if kill_after and i >= kill_after and not partial.complete:
+                os.kill(os.getpid(), signal.SIGKILL)
     finally:
         if bar is not None:
             bar.close()
