@@ -128,3 +128,24 @@ def test_index_of_another_corpus_is_refused(tiny_beir, tiny_model_dir, tmp_path,
     assert run_cli(["index", "-m", tiny_model_dir, "-d", other, "-o", tmp_path / "idx"], capsys)[0] == 0
     code, _, err = run_cli(["eval", "-d", tiny_beir, "-i", tmp_path / "idx"], capsys)
     assert code == 2 and "index was built from another corpus" in err
+
+
+def test_search_streams_query_blocks(tiny_beir, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """`retr search --queries` writes the same run and JSON whether the queries go in one block or several."""
+    import json
+
+    from retr.cli import search_cmd
+
+    code, _, err = run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", tmp_path / "idx"], capsys)
+    assert code == 0, err
+    outputs = []
+    for block in (1024, 2):
+        monkeypatch.setattr(search_cmd, "QUERY_BLOCK", block)
+        run, js = tmp_path / f"run{block}.trec", tmp_path / f"hits{block}.json"
+        code, _, err = run_cli(["search", "-i", tmp_path / "idx", "--queries", tiny_beir / "queries.jsonl", "-k", "4",
+                                "--run", run, "--output", js], capsys)
+        assert code == 0, err
+        outputs.append((run.read_text(), json.loads(js.read_text())))
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0][1]) == 5 and all(len(h) == 4 for h in outputs[0][1].values())
+    assert len(outputs[0][0].splitlines()) == 20

@@ -49,11 +49,15 @@ class TrainExample:
                 "negative_passages": [p.__dict__ for p in self.negatives]}
 
 
-def examples_from_beir(dataset: BeirDataset, negatives: dict[str, list[str]] | None = None) -> list[TrainExample]:
-    """One example per judged query of the split, positives = documents with grade > 0."""
+def examples_from_beir(dataset: BeirDataset, negatives: dict[str, list[str]] | None = None,
+                       qids: Iterable[str] | None = None) -> list[TrainExample]:
+    """One example per judged query of the split (or of ``qids``), positives = documents with grade > 0.
+
+    Memory grows with the examples' passages: stream big splits by passing ``qids`` block by block."""
     corpus = dataset.corpus
     out = []
-    for qid, judged in dataset.qrels.items():
+    for qid in (dataset.qrels if qids is None else qids):
+        judged = dataset.qrels.get(qid, {})
         pos = [d for d, g in judged.items() if g > 0 and d in corpus]
         if not pos or qid not in dataset.queries:
             continue
@@ -110,10 +114,14 @@ def read_tevatron(path: str | Path) -> list[TrainExample]:
     return out
 
 
-def write_tevatron(examples: Iterable[TrainExample], path: str | Path) -> None:
+def write_tevatron(examples: Iterable[TrainExample], path: str | Path) -> int:
+    """Write examples (any iterable, consumed once: memory holds one) atomically; returns how many."""
+    n = 0
     with atomic_file(path) as fh:
         for ex in examples:
             fh.write(json.dumps(ex.to_tevatron(), ensure_ascii=False) + "\n")
+            n += 1
+    return n
 
 
 def as_pairs(examples: Iterable[TrainExample]) -> list[TrainExample]:
