@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RETR_CONFIG = "retr_encoder.json"
 POOLINGS = ("mean", "cls", "last")
+ENCODE_BLOCK = 8192  # texts tokenised per call inside ``Encoder.encode``
 
 
 @dataclass
@@ -227,33 +228,38 @@ class Encoder(nn.Module):
 
     # ---------- inference ----------
     def encode(self, texts: Sequence[str], is_query: bool = False, batch_size: int = 64,
-               show_progress: bool = False, desc: str | None = None) -> np.ndarray:
-        """Embed texts as float32 [n, dim], in input order."""
+               show_progress: bool = False, desc: str | None = None, block_size: int = ENCODE_BLOCK) -> np.ndarray:
+        """Embed texts as float32 [n, dim], in input order.
+
+        Texts are tokenised ``block_size`` at a time and sorted by token length inside each block, so memory
+        holds one block of tokens (~200 bytes per token) besides the [n, dim] output."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         prefix = self.config.query_prefix if is_query else self.config.passage_prefix
         max_len = self.config.query_max_length if is_query else self.config.passage_max_length
-        texts = [prefix + t for t in texts] if prefix else list(texts)
-        ids = self.tokenizer(texts, truncation=True, max_length=max_len, padding=False,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0
         device = self.device
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with inference(self, device, self.precision, len(texts), desc or ("queries" if is_query else "passages"),
                        show_progress, unit="text") as advance:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                width = len(ids[rows[0]])
-                input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-                mask = np.zeros((len(rows), width), dtype=np.int64)
-                for j, r in enumerate(rows):
-                    seq = ids[r]
-                    input_ids[j, : len(seq)] = seq
-                    mask[j, : len(seq)] = 1
-                emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
-                out[rows] = emb.float().cpu().numpy()
-                advance(len(rows))
+            for block_start in range(0, len(texts), block_size):
+                block = texts[block_start:block_start + block_size]
+                block = [prefix + t for t in block] if prefix else list(block)
+                ids = self.tokenizer(block, truncation=True, max_length=max_len, padding=False,
+                                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+                order = np.argsort([-len(x) for x in ids], kind="stable")
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    width = len(ids[rows[0]])
+                    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+                    mask = np.zeros((len(rows), width), dtype=np.int64)
+                    for j, r in enumerate(rows):
+                        seq = ids[r]
+                        input_ids[j, : len(seq)] = seq
+                        mask[j, : len(seq)] = 1
+                    emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
+                    out[block_start + rows] = emb.float().cpu().numpy()
+                    advance(len(rows))
         return out
 
 
