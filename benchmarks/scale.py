@@ -151,7 +151,7 @@ def stages(data: Path, work: Path, model: str, retr: str, py: str, n: int, only:
         ("retr eval (ivfpq index)", [retr, "eval", "-d", str(data), "-i", str(work / "idx-ivfpq"), "-m", model,
                                      *enc, "--k", "1000", "-o", str(work / "eval-ivfpq.json")], None),
         ("retr mine (dense, n/10 queries)", [retr, "mine", "-d", str(data), "--split", "train", "--teacher", model,
-                                             "-i", str(work / "idx-e2e"), "-o", str(work / "mined.jsonl")], None),
+                                             "-i", str(work / "idx-e2e"), *enc, "-o", str(work / "mined.jsonl")], None),
         ("B3 mining (0.3 n examples)", [py, "-c", SNIPPET_B3, str(data), model, str(work / "b3cache")], None),
         ("retr index --bm25", [retr, "index", "--bm25", "-d", str(data), "-o", str(work / "bm25")], work / "bm25"),
         ("retr mine (bm25, n/10 queries)", [retr, "mine", "-d", str(data), "--split", "train", "--teacher", "bm25",

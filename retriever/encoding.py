@@ -47,7 +47,7 @@ def encoding_key(encoder: DualEncoder, corpus: Corpus, start: int, end: int, blo
                  batch_size: int) -> dict[str, Any]:
     """Everything that decides the vectors of a run; a work dir with another key is started over."""
     tower = encoder.passage_tower
-    return {"passage_fingerprint": tower.fingerprint(), "corpus": corpus.fingerprint, "start": start, "end": end,
+    return {"passage_fingerprint": tower.fingerprint(side="passage"), "corpus": corpus.fingerprint, "start": start, "end": end,
             "block_size": block_size, "batch_size": batch_size, "precision": tower.precision,
             "device": str(tower.device)}
 

@@ -91,7 +91,10 @@ class DenseRetriever:
                                  **encoder_overrides}
         if not isinstance(model, DualEncoder):
             model = DualEncoder.from_pretrained(model, **encoder_overrides)
-        index.check_encoder(encoder_identity(model), _MUST_AGREE)
+        identity = encoder_identity(model)
+        if built.get("passage_fingerprint") == model.passage_tower.fingerprint():
+            identity["passage_fingerprint"] = built["passage_fingerprint"]  # an index from before side="passage"
+        index.check_encoder(identity, _MUST_AGREE)
         return cls(model, index, batch_size=batch_size, show_progress=show_progress)
 
     # ---------- search ----------
@@ -114,7 +117,7 @@ class DenseRetriever:
 
 def encoder_identity(encoder: DualEncoder) -> dict[str, Any]:
     d = encoder.describe()
-    d["passage_fingerprint"] = encoder.passage_tower.fingerprint()
+    d["passage_fingerprint"] = encoder.passage_tower.fingerprint(side="passage")
     return d
 
 

@@ -198,9 +198,15 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def fingerprint(self) -> str:
-        """sha256 over parameter bytes and settings: changes whenever the weights or settings do."""
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+    def fingerprint(self, side: str | None = None) -> str:
+        """sha256 over parameter bytes and settings: changes whenever the weights or settings do.
+
+        ``side="passage"`` leaves out the query-only settings (prefix, max length), so what made a passage vector
+        has one fingerprint whatever the query settings; ``None`` covers every setting."""
+        settings = asdict(self.config)
+        if side == "passage":
+            settings = {k: v for k, v in settings.items() if not k.startswith("query_")}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name, p in sorted(self.model.state_dict().items()):
             h.update(name.encode())
             h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
