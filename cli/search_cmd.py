@@ -18,7 +18,9 @@ QUERY_BLOCK = 1024  # queries searched (and their hits held) at a time
 
 
 def search_command(
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or --bm25).")],
+    index: Annotated[list[Path], typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or "
+                                              "--bm25). Repeat it to search several dense indexes of one model as "
+                                              "one (e.g. one per embeddings shard); hits are merged by score.")],
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a TSV of "
                                                      "qid<TAB>text, or a BEIR folder.")] = None,
@@ -56,10 +58,12 @@ def search_command(
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))
-    if (index / "lucene").is_dir():
+    if any((i / "lucene").is_dir() for i in index):
         from retr.retriever.bm25 import BM25Retriever
 
-        retriever = BM25Retriever(index, k1=k1, b=b)
+        if len(index) > 1:
+            raise ValueError("several --index values are for dense indexes; give one BM25 index")
+        retriever = BM25Retriever(index[0], k1=k1, b=b)
         meta, search = retriever.meta, retriever.batch_search
     else:
         dense = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
@@ -73,7 +77,7 @@ def search_command(
         from retr.retriever.rerank import Reranker, RerankingRetriever
 
         docs = load_corpus(corpus) if corpus.is_file() else load_beir(corpus, split=None).corpus
-        check_built_from(meta, docs.fingerprint, index)
+        check_built_from(meta, docs.fingerprint, index[0])
         reranker = Reranker(rerank, show_progress=True)
         reranker.model.precision = precision
         first_stage = SimpleNamespace(batch_search=search)  # the one method RerankingRetriever calls

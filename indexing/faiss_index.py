@@ -151,6 +151,7 @@ class FaissIndex:
     docids: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     vectors: "np.ndarray | StackedVectors | None" = None  # float32 rows (often memory-mapped), for re-scoring
+    parts: list["FaissIndex"] = field(default_factory=list, repr=False)  # sub-indexes of ``combine``
 
     # ---------- building ----------
     @classmethod
@@ -238,6 +239,8 @@ class FaissIndex:
 
     def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Search-time knobs that need no rebuild (HNSW efSearch, IVF nprobe)."""
+        for part in self.parts:
+            part.set_search_params(ef_search, nprobe)
         base = faiss.downcast_index(self.index)
         if ef_search is not None and hasattr(base, "hnsw"):
             base.hnsw.efSearch = int(ef_search)
@@ -314,7 +317,10 @@ class FaissIndex:
         docids = read_json(directory / IDS_FILE)
         if not isinstance(docids, list):
             raise ArtifactError(f"{directory / IDS_FILE}: expected a JSON list of ids")
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        # IO_FLAG_MMAP_IFC maps flat codes too (IO_FLAG_MMAP alone maps only IVF lists), so a flat, IVF or HNSW
+        # index larger than RAM is read from the page cache as it is searched
+        mmap_flag = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
+        flags = mmap_flag | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
             index = faiss.read_index(str(directory / INDEX_FILE), flags)
         except RuntimeError as e:
@@ -333,6 +339,38 @@ class FaissIndex:
         params = meta.get("params", {})
         out.set_search_params(ef_search=params.get("ef_search"), nprobe=params.get("nprobe"))
         return out
+
+    @classmethod
+    def combine(cls, parts: Sequence["FaissIndex"]) -> "FaissIndex":
+        """Search several indexes as one (FAISS ``IndexShards``): hits are merged by score, ids concatenated.
+
+        For collections built in pieces (``retr index --from-embeddings SHARD_DIR`` per shard) or too big for
+        one index; every part must agree on dim, metric and encoder. Memory: the parts themselves (memory-map
+        them with ``load(mmap=True)``)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        for i, part in enumerate(parts[1:], 2):
+            for key in ("dim", "metric"):
+                if part.meta.get(key) != first.meta.get(key):
+                    raise IndexMismatchError(f"index {i} has {key}={part.meta.get(key)!r}, index 1 has "
+                                             f"{first.meta.get(key)!r}")
+            if (part.meta.get("encoder") or {}).get("passage_fingerprint") != \
+                    (first.meta.get("encoder") or {}).get("passage_fingerprint"):
+                raise IndexMismatchError(f"index {i} was encoded by another model or settings than index 1")
+        shards = faiss.IndexShards(first.dim, False, True)  # not threaded, successive ids
+        for part in parts:
+            shards.add_shard(part.index)
+        docids = [d for part in parts for d in part.docids]
+        if len(set(docids)) != len(docids):
+            raise IndexMismatchError("the indexes share document ids (the same documents indexed twice?)")
+        vectors = None
+        if all(p.vectors is not None for p in parts):
+            vectors = StackedVectors([v for p in parts for v in
+                                      (p.vectors.parts if isinstance(p.vectors, StackedVectors) else [p.vectors])])
+        meta = {**first.meta, "count": len(docids), "parts": [p.meta.get("count") for p in parts],
+                "factory": "+".join(str(p.meta.get("factory")) for p in parts)}
+        return cls(index=shards, docids=docids, meta=meta, vectors=vectors, parts=list(parts))  # parts stay alive
 
     def check_encoder(self, expected: dict[str, Any], keys: Sequence[str]) -> None:
         """Fail with one clear line when the querying encoder disagrees with the one that built the index."""

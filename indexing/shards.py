@@ -202,17 +202,19 @@ def write_shard(root: str | Path, shard: int, num_shards: int, vectors: np.ndarr
 
 
 def load_shards(root: str | Path, mmap: bool = True) -> tuple[StackedVectors, list[str], dict[str, Any]]:
-    """All shards under ``root`` in shard order -> (stacked vectors, ids, meta of shard 0).
+    """All shards under ``root`` in shard order -> (stacked vectors, ids, meta of shard 0); ``root`` may also be
+    one shard directory (to index shards separately and search them together).
 
     The vectors stay memory-mapped (``mmap=False`` reads each shard into RAM)."""
     root = Path(root)
-    dirs = sorted(p for p in root.glob("shard-*-of-*") if p.is_dir())
+    single = (root / EMBEDDINGS_FILE).exists() and (root / "meta.json").exists()  # one shard directory
+    dirs = [root] if single else sorted(p for p in root.glob("shard-*-of-*") if p.is_dir())
     if not dirs:
         raise ArtifactError(f"{root}: no embedding shards (shard-*-of-*) found")
     metas = [read_json(d / "meta.json") for d in dirs]
     num = metas[0]["num_shards"]
     have = sorted(m["shard"] for m in metas)
-    if have != list(range(num)) or any(m["num_shards"] != num for m in metas):
+    if not single and (have != list(range(num)) or any(m["num_shards"] != num for m in metas)):
         missing = sorted(set(range(num)) - set(have))
         raise ArtifactError(f"{root}: incomplete shard set (have {len(have)} of {num}; missing {missing[:5]})")
     for d, m in zip(dirs, metas):

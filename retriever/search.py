@@ -77,10 +77,14 @@ class DenseRetriever:
         return cls(encoder, index, batch_size=batch_size, show_progress=show_progress)
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike, model: str | DualEncoder | None = None, mmap: bool = False,
-             batch_size: int = 64, show_progress: bool = True, **encoder_overrides: Any) -> "DenseRetriever":
-        """Open an index directory; the model defaults to the one recorded in its ``meta.json``."""
-        index = FaissIndex.load(index_dir, mmap=mmap)
+    def load(cls, index_dir: "str | os.PathLike | Sequence[str | os.PathLike]", model: str | DualEncoder | None = None,
+             mmap: bool = False, batch_size: int = 64, show_progress: bool = True,
+             **encoder_overrides: Any) -> "DenseRetriever":
+        """Open an index directory (or several, searched as one: ``FaissIndex.combine``); the model defaults to
+        the one recorded in its ``meta.json``."""
+        dirs = [index_dir] if isinstance(index_dir, (str, os.PathLike)) else list(index_dir)
+        index = FaissIndex.combine([FaissIndex.load(d, mmap=mmap) for d in dirs])
+        index_dir = dirs[0]
         built = index.meta.get("encoder") or {}
         if model is None:
             model = built.get("model_path") or built.get("model")
