@@ -133,6 +133,40 @@ print("examples", len(examples), "batches", len(sampler))
 """
 
 
+SNIPPET_TEVATRON = """
+import sys, time
+from retr.retriever.data.examples import TevatronFile
+from retr.retriever.training.collator import pick_group
+t0 = time.perf_counter()
+ex = TevatronFile(sys.argv[1])
+n_neg = 0
+for e in ex:  # one streamed pass, as the trainer's fingerprint and collator set-up do
+    n_neg += len(e.negatives)
+groups = [pick_group(ex, i, 0, 8, 0) for i in range(0, len(ex), max(1, len(ex) // 1000))]
+print(len(ex), "examples", n_neg, "negatives", round(time.perf_counter() - t0, 1), "s")
+"""
+
+
+def make_tevatron(path: Path, data: Path, queries: int, negatives: int = 20, seed: int = 0) -> Path:
+    """Tevatron JSONL of ``queries`` examples with ``negatives`` random passages each (texts from the corpus)."""
+    if path.exists():
+        return path
+    from retr.retriever.data import load_corpus
+
+    corpus = load_corpus(data / "corpus.jsonl")
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for q in range(queries):
+            rows = rng.integers(0, len(corpus), size=negatives + 1)
+            ps = [{"docid": corpus.ids[int(r)], "title": corpus.titles[int(r)], "text": corpus.texts[int(r)]}
+                  for r in rows]
+            fh.write(json.dumps({"query_id": f"t{q}", "query": " ".join(ps[0]["text"].split()[:8]),
+                                 "positive_passages": ps[:1], "negative_passages": ps[1:]}) + "\n")
+    tmp.rename(path)
+    return path
+
+
 def stages(data: Path, work: Path, model: str, retr: str, py: str, n: int, only: set[str] | None):
     """(name, command, bytes-of-output-or-None) for each stage, in order."""
     enc = ["--passage-max-length", "64", "--query-max-length", "32", "--precision", "bf16", "--batch-size", "128"]
@@ -156,6 +190,7 @@ def stages(data: Path, work: Path, model: str, retr: str, py: str, n: int, only:
         ("retr index --bm25", [retr, "index", "--bm25", "-d", str(data), "-o", str(work / "bm25")], work / "bm25"),
         ("retr mine (bm25, n/10 queries)", [retr, "mine", "-d", str(data), "--split", "train", "--teacher", "bm25",
                                             "-i", str(work / "bm25"), "-o", str(work / "mined-bm25.jsonl")], None),
+        ("Tevatron JSONL (n/2 x 20 negatives)", [py, "-c", SNIPPET_TEVATRON, str(work / "tevatron.jsonl")], None),
     ]
     for name, cmd, out in all_stages:
         if only and not any(o in name for o in only):
@@ -199,6 +234,8 @@ def main() -> None:
                 subprocess.run(["rm", "-rf", str(out)], check=True)
             if "encode (retr encode)" in name:
                 subprocess.run(["rm", "-rf", str(work / "emb")], check=True)
+            if "Tevatron" in name:
+                make_tevatron(work / "tevatron.jsonl", data, n // 2)
             row = run_stage(cmd, work / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}.log", env)
             row["us_per_doc"] = round(row["seconds"] / n * 1e6, 1)
             if out is not None:

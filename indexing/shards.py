@@ -41,6 +41,28 @@ def shard_range(n: int, shard: int, num_shards: int) -> tuple[int, int]:
     return start, start + base + (1 if shard < extra else 0)
 
 
+def drop_pages(array: np.ndarray, start: int, end: int) -> None:
+    """Tell the kernel this process is done with rows ``start..end`` of a memory-mapped array (``MADV_DONTNEED``).
+
+    Pages of a file mapping that a process touched count in its RSS until it unmaps them, so streaming through
+    a 1.5 GiB memmap would show 1.5 GiB of RSS although the kernel may reclaim it; after this call they are only
+    page cache. Call it only on clean pages (read-only maps, or after ``flush``). No-op for other arrays."""
+    import mmap
+
+    mm = getattr(array, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or end <= start:
+        return
+    row = array.strides[0]
+    base = int(getattr(array, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
+    lo = base + start * row
+    hi = min(len(mm), base + end * row)
+    lo -= lo % mmap.PAGESIZE
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (OSError, ValueError):
+        pass
+
+
 class PartialEmbeddings:
     """A float32 [rows, dim] ``embeddings.npy`` in ``work_dir``, filled in order and resumable.
 
@@ -87,6 +109,7 @@ class PartialEmbeddings:
             raise ValueError(f"{self.dir}: writing {n} rows past the end ({self.done} of {self.rows} done)")
         self.vectors[self.done:self.done + n] = vectors
         self.vectors.flush()
+        drop_pages(self.vectors, self.done, self.done + n)
         self.done += n
         self._save_progress()
 
@@ -177,15 +200,22 @@ class StackedVectors:
         return out if dtype is None else out.astype(dtype)
 
     def blocks(self, block: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
+        """Consecutive copies of ``block`` rows; pages already read are released (``drop_pages``)."""
         for s in range(0, len(self), block):
-            yield s, self.rows(s, s + block)
+            rows = self.rows(s, s + block)
+            for i, part in enumerate(self.parts):
+                lo, hi = max(s, self.offsets[i]), min(s + len(rows), self.offsets[i + 1])
+                if lo < hi:
+                    drop_pages(part, int(lo - self.offsets[i]), int(hi - self.offsets[i]))
+            yield s, rows
 
     def save_npy(self, path: str | os.PathLike, block: int = 65_536) -> None:
         """Write the stacked rows as one .npy file, block by block."""
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=self.shape)
         for s, rows in self.blocks(block):
             out[s:s + len(rows)] = rows
-        out.flush()
+            out.flush()
+            drop_pages(out, s, s + len(rows))
         del out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -110,8 +111,9 @@ class Corpus:
     corpus. ``ids``, ``titles`` and ``texts`` are lazy sequences; ``iter_blocks`` streams joined passages."""
 
     def __init__(self, table: pa.Table, id_hashes: np.ndarray, id_rows: np.ndarray, fingerprint: str = "",
-                 path: str = ""):
+                 path: str = "", mapping=None):
         self._table = table
+        self._mapping = mapping  # the mmap.mmap under ``table`` (None for in-memory corpora)
         self._hashes, self._rows = id_hashes, id_rows
         self.fingerprint, self.path = fingerprint, path
         self.ids = ColumnView(table.column("_id"))
@@ -181,14 +183,28 @@ class Corpus:
             ids = part.column("_id").to_pylist()
             texts = [join_title_text(t, x, sep) for t, x in
                      zip(part.column("title").to_pylist(), part.column("text").to_pylist())]
+            self.release()
             yield CorpusBlock(s, ids, texts)
+
+    def release(self) -> None:
+        """Drop the mapped pages read so far from this process's RSS (they stay in the page cache): a pass over a
+        big corpus then shows one block in RSS, not the whole file."""
+        if self._mapping is not None:
+            import mmap
+
+            try:
+                self._mapping.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError, AttributeError):
+                pass
 
     def iter_ids(self, start: int = 0, end: int | None = None) -> Iterator[str]:
         """Ids of rows ``start..end``, read block by block."""
         end = len(self) if end is None else min(end, len(self))
         column = self._table.column("_id")
         for s in range(start, end, BLOCK_ROWS):
-            yield from column.slice(s, min(BLOCK_ROWS, end - s)).to_pylist()
+            ids = column.slice(s, min(BLOCK_ROWS, end - s)).to_pylist()
+            self.release()
+            yield from ids
 
     def line_of(self, row: int) -> int:
         """Line of ``corpus.jsonl`` the row came from (1-based)."""
@@ -272,7 +288,9 @@ def _open_store(store: Path, ident: dict, source: Path) -> Corpus | None:
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != STORE_VERSION or meta.get("source") != ident:
             return None
-        table = pa.ipc.open_file(pa.memory_map(str(store / "corpus.arrow"))).read_all()
+        with open(store / "corpus.arrow", "rb") as fh:  # our own mapping, so pages can be released (``release``)
+            mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapping))).read_all()
         hashes = np.load(store / "id_hashes.npy", mmap_mode="r", allow_pickle=False)
         rows = np.load(store / "id_rows.npy", mmap_mode="r", allow_pickle=False)
         if table.num_rows != meta["count"] or len(hashes) != meta["count"] or len(rows) != meta["count"]:
@@ -280,7 +298,7 @@ def _open_store(store: Path, ident: dict, source: Path) -> Corpus | None:
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:
         log.warning("corpus cache %s is damaged (%s); rebuilding it", store, str(e).splitlines()[0] if str(e) else e)
         return None
-    return Corpus(table, hashes, rows, fingerprint=meta["fingerprint"], path=str(source))
+    return Corpus(table, hashes, rows, fingerprint=meta["fingerprint"], path=str(source), mapping=mapping)
 
 
 def _build_store(path: Path, out: Path, ident: dict) -> None:
