@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 BLOCK_ROWS = 65_536
+STALE_SECONDS = 6 * 3600  # a temp store untouched this long belongs to a killed build
 SCHEMA = pa.schema([("_id", pa.string()), ("title", pa.string()), ("text", pa.string()), ("line", pa.int64())])
 
 
@@ -252,6 +253,9 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
             return corpus
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
+        for stale in store.parent.glob(f".{key}.tmp-*"):  # left by a killed build (a live one renews its mtime)
+            if time.time() - stale.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=store.parent))
         persistent = True
     except OSError as e:
@@ -261,13 +265,16 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
     try:
         _build_store(path, work, ident)
         if persistent:
-            if store.exists():  # a stale or damaged store; another process may have raced us: either is whole
-                shutil.rmtree(store, ignore_errors=True)
+            raced = _open_store(store, ident, path) if store.exists() else None
+            if raced is not None:  # another process (e.g. the other torchrun rank) finished first: use its store
+                shutil.rmtree(work, ignore_errors=True)
+                return raced
+            shutil.rmtree(store, ignore_errors=True)  # stale (the file changed) or damaged
             try:
                 os.replace(work, store)
-            except OSError:  # another process put an equal store there first
-                shutil.rmtree(work, ignore_errors=True)
-            work = store
+                work = store
+            except OSError:  # lost a race to another writer just now: ours is as good, use it from where it is
+                persistent = False
         corpus = _open_store(work, ident, path)
         if corpus is None:
             raise DataError(path, None, f"could not open the corpus store just built in {work}")
