@@ -1,5 +1,6 @@
 """``retr encode``: embed a corpus (or one shard of it) into an embeddings directory, for `retr index
---from-embeddings`. Under ``torchrun`` each rank encodes shard RANK of WORLD_SIZE."""
+--from-embeddings`. Under ``torchrun`` each rank encodes shard RANK of WORLD_SIZE. Encoding streams block by block
+to disk and resumes after a kill (rerun the same command)."""
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ def encode_command(
     num_shards: Annotated[Optional[int], typer.Option("--num-shards", help="How many shards the corpus is split into "
                                                        "(default: torchrun WORLD_SIZE, else 1).")] = None,
     batch_size: common.BatchSize = 64,
+    block_size: common.BlockSize = 8192,
     precision: common.Precision = "auto",
     pooling: common.Pooling = None,
     normalize: common.Normalize = None,
@@ -29,16 +31,20 @@ def encode_command(
     passage_max_length: common.PassageMaxLen = None,
     verbose: common.Verbose = False,
 ) -> None:
-    """Encode a corpus shard into embeddings (numpy + ids, atomically)."""
+    """Encode a corpus shard into embeddings (numpy + ids, atomically; resumable)."""
     common.setup_logging(verbose)
     common.check_outputs(dirs={"--output": (output, "")})
-    from retr.indexing.shards import shard_range, write_shard
-    from retr.retriever.data.beir import load_corpus
+    from retr.indexing.atomic import read_json
+    from retr.indexing.shards import shard_name, shard_range
+    from retr.retriever.data.corpus import load_corpus
+    from retr.retriever.encoding import encode_corpus, encoding_key
     from retr.retriever.modeling import DualEncoder
     from retr.retriever.search import index_meta
 
     shard = shard if shard is not None else int(os.environ.get("RANK", "0"))
     num_shards = num_shards if num_shards is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"--shard must be in 0..{num_shards - 1} and --num-shards >= 1 (got {shard} of {num_shards})")
     corpus = load_corpus(data / "corpus.jsonl" if data.is_dir() else data)
     start, end = shard_range(len(corpus), shard, num_shards)
     encoder = DualEncoder.from_pretrained(model, **common.encoder_overrides(
@@ -49,8 +55,15 @@ def encode_command(
 
         if torch.cuda.is_available():
             encoder.to(f"cuda:{int(os.environ['LOCAL_RANK'])}")
-    texts = corpus.passages(encoder.passage_tower.config.title_sep)[start:end]
-    log.info("shard %d/%d: documents %d..%d", shard, num_shards, start, end)
-    vectors = encoder.encode_passages(texts, batch_size=batch_size, show_progress=True)
-    path = write_shard(output, shard, num_shards, vectors, corpus.ids[start:end], index_meta(encoder, corpus))
-    common.console().print(f"[green]wrote[/green] {path} ({len(texts)} embeddings)")
+    name = shard_name(shard, num_shards)
+    final = output / name
+    key = encoding_key(encoder, corpus, start, end, block_size, batch_size)
+    if (final / "meta.json").exists() and read_json(final / "meta.json").get("encoding") == key:
+        common.console().print(f"{final} is already encoded with these settings ({end - start} embeddings)")
+        return
+    log.info("shard %d/%d: documents %d..%d of %d", shard, num_shards, start, end, len(corpus))
+    partial, _ = encode_corpus(encoder, corpus, output / f".{name}.partial", start, end, block_size=block_size,
+                               batch_size=batch_size)
+    meta = {**index_meta(encoder, corpus), "shard": shard, "num_shards": num_shards, "encoding": key}
+    path = partial.publish(final, corpus.iter_ids(start, end), meta)
+    common.console().print(f"[green]wrote[/green] {path} ({end - start} embeddings)")

@@ -65,7 +65,6 @@ def eval_command(
     from retr.evaluation.report import metrics_table, result_record
     from retr.indexing.atomic import write_json_atomic
     from retr.retriever.data.beir import load_beir
-    from retr.retriever.data.trec import write_trec_run
     from retr.retriever.pipeline import build_retriever, describe_retriever
 
     t0 = time.perf_counter()
@@ -94,10 +93,10 @@ def eval_command(
                                 fusion=fusion, alpha=alpha, rrf_k=rrf_k, k1=k1, b=b, rerank=rerank,
                                 rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha, batch_size=batch_size,
                                 precision=precision, **overrides)
-    result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads)
+    tag = Path(str(retriever.name)).name.replace(" ", "_") or "retr"
+    result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads,
+                      run_path=run, run_tag=tag, keep_run=False)
     common.console().print(metrics_table({f"{dataset.name} ({split})": result.metrics}, title=retriever.name))
-    if run:
-        write_trec_run(result.run, run, tag=Path(str(retriever.name)).name.replace(" ", "_") or "retr")
     if output:
         record = result_record(result, retriever_settings=describe_retriever(retriever),
                                seconds=time.perf_counter() - t0)

@@ -45,6 +45,7 @@ def index_command(
     store_vectors: Annotated[bool, typer.Option("--store-vectors", help="Keep float32 vectors beside the index for exact "
                                                 "re-scoring (`retr search --rescore`).")] = False,
     batch_size: common.BatchSize = 64,
+    block_size: common.BlockSize = 8192,
     precision: common.Precision = "auto",
     pooling: common.Pooling = None,
     normalize: common.Normalize = None,
@@ -69,14 +70,15 @@ def index_command(
         from retr.indexing.shards import load_shards
 
         vectors, ids, meta = load_shards(from_embeddings)
-        index = FaissIndex.build(vectors, ids, spec, meta={k: v for k, v in meta.items() if k != "num_shards"})
+        index = FaissIndex.build(vectors, ids, spec, meta={k: v for k, v in meta.items()
+                                                           if k not in ("num_shards", "encoding")}, show_progress=True)
         index.save(output)
         common.console().print(f"[green]wrote[/green] {output}: {index.meta['factory']} index of {len(ids)} docs "
                                f"from {meta.get('num_shards')} shard(s)")
         return
     if data is None or output is None or (model is None and not bm25 and not append):
         raise typer.BadParameter("--data, --output and (unless --bm25) --model are required (see `retr index --help`)")
-    from retr.retriever.data.beir import load_corpus
+    from retr.retriever.data.corpus import load_corpus
     from retr.retriever.modeling import DualEncoder
     from retr.retriever.search import DenseRetriever
 
@@ -99,7 +101,7 @@ def index_command(
         return
     encoder = DualEncoder.from_pretrained(model, **overrides)
     encoder.set_precision(precision)
-    retriever = DenseRetriever.build(encoder, corpus, output, spec=spec, batch_size=batch_size)
+    retriever = DenseRetriever.build(encoder, corpus, output, spec=spec, batch_size=batch_size, block_size=block_size)
     meta = retriever.index.meta
     common.console().print(f"[green]wrote[/green] {output}: {meta['factory']} index of {meta['count']} docs, dim {meta['dim']}")
 

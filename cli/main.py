@@ -29,7 +29,7 @@ app.command("search", help="Search an index with one query or a BEIR/JSONL query
 app.command("eval", help="Evaluate a model on a BEIR dataset: encode -> index -> search -> metrics.")(eval_command)
 app.command("encode", help="Encode a corpus (or one shard of it; torchrun-aware) into embeddings for "
             "`retr index --from-embeddings`.")(encode_command)
-app.command("mine", help="Mine hard negatives with a BM25 or dense teacher (rank window, never a judged positive).")(mine_command)
+app.command("mine", help="Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one).")(mine_command)
 app.command("train", help="Train a dual encoder (supervised / unsupervised Contriever) or a cross-encoder.")(train_command)
 app.command("init-model", help="Write a random-init BERT that reuses an existing tokenizer.")(init_model_command)
 

@@ -27,20 +27,33 @@ def mine_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling within the window.")] = 0,
     threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
+    precision: common.Precision = "auto",
+    pooling: common.Pooling = None,
+    normalize: common.Normalize = None,
+    query_prefix: common.QueryPrefix = None,
+    passage_prefix: common.PassagePrefix = None,
+    query_max_length: common.QueryMaxLen = None,
+    passage_max_length: common.PassageMaxLen = None,
     verbose: common.Verbose = False,
 ) -> None:
-    """Mine hard negatives with a BM25 or dense teacher (rank window, never a judged positive)."""
+    """Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one)."""
     common.setup_logging(verbose)
     common.check_outputs(files={"--output": output}, dirs={"--index": (index, "index")})
     from retr.retriever.data.beir import load_beir
     from retr.retriever.data.training import write_tevatron
-    from retr.retriever.mining import MiningConfig, mine_negatives
+    from retr.retriever.mining import MiningConfig, MiningStats, iter_mined
     from retr.retriever.pipeline import first_stage
 
     cfg = MiningConfig(range_min=range_min, range_max=range_max, num_negatives=num_negatives, seed=seed)
     dataset = load_beir(data, split, allow_missing_docs=True)
-    retriever = first_stage(teacher, dataset.corpus, index_dir=index, batch_size=batch_size)
-    examples = mine_negatives(retriever, dataset, cfg, threads=threads)
-    write_tevatron(examples, output)
-    common.console().print(f"[green]wrote[/green] {output}: {len(examples)} queries, "
-                           f"{sum(len(e.negatives) for e in examples)} negatives (ranks {range_min}..{range_max})")
+    overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
+                                         passage_max_length)
+    if overrides and teacher.lower() == "bm25":
+        raise ValueError("encoder options (--pooling, --*-prefix, --*-max-length) apply to a dense --teacher only")
+    retriever = first_stage(teacher, dataset.corpus, index_dir=index, batch_size=batch_size, precision=precision,
+                            encoder_overrides=overrides)
+    stats = MiningStats()
+    write_tevatron(iter_mined(retriever, dataset, cfg, threads=threads, stats=stats), output)
+    common.console().print(f"[green]wrote[/green] {output}: {stats.queries} queries, {stats.negatives} negatives "
+                           f"(ranks {range_min}..{range_max}; {stats.duplicates_of_positives} copies of a positive "
+                           "dropped)")

@@ -1,7 +1,10 @@
-"""``retr search``: query an index directory; print hits, write a TREC run and/or JSON."""
+"""``retr search``: query an index directory; print hits, write a TREC run and/or JSON (block by block, so
+memory holds the hits of ``QUERY_BLOCK`` queries at a time)."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,9 +14,13 @@ import typer
 
 from . import common
 
+QUERY_BLOCK = 1024  # queries searched (and their hits held) at a time
+
 
 def search_command(
-    index: Annotated[Path, typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or --bm25).")],
+    index: Annotated[list[Path], typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or "
+                                              "--bm25). Repeat it to search several dense indexes of one model as "
+                                              "one (e.g. one per embeddings shard); hits are merged by score.")],
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a TSV of "
                                                      "qid<TAB>text, or a BEIR folder.")] = None,
@@ -41,9 +48,9 @@ def search_command(
     common.setup_logging(verbose)
     common.check_outputs(files={"--run": run, "--output": output})
     from retr.retriever.data.queries import read_queries
-    from retr.retriever.data.trec import write_trec_run
+    from retr.indexing.atomic import atomic_file
+    from retr.retriever.data.trec import TrecRunWriter
     from retr.retriever.search import DenseRetriever
-    from retr.indexing.atomic import write_json_atomic
 
     if not query and queries is None:
         raise typer.BadParameter("give --query TEXT or --queries FILE")
@@ -52,10 +59,12 @@ def search_command(
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))
-    if (index / "lucene").is_dir():
+    if any((i / "lucene").is_dir() for i in index):
         from retr.retriever.bm25 import BM25Retriever
 
-        retriever = BM25Retriever(index, k1=k1, b=b)
+        if len(index) > 1:
+            raise ValueError("several --index values are for dense indexes; give one BM25 index")
+        retriever = BM25Retriever(index[0], k1=k1, b=b)
         meta, search = retriever.meta, retriever.batch_search
     else:
         dense = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
@@ -64,25 +73,40 @@ def search_command(
         meta, search = dense.index.meta, functools.partial(dense.batch_search, rescore=rescore)
     if rerank:
         from retr.indexing.atomic import check_built_from
-        from retr.retriever.data.beir import load_beir, load_corpus
+        from retr.retriever.data.beir import load_beir
+        from retr.retriever.data.corpus import load_corpus
         from retr.retriever.rerank import Reranker, RerankingRetriever
 
         docs = load_corpus(corpus) if corpus.is_file() else load_beir(corpus, split=None).corpus
-        check_built_from(meta, docs.fingerprint, index)
+        check_built_from(meta, docs.fingerprint, index[0])
         reranker = Reranker(rerank, show_progress=True)
         reranker.model.precision = precision
         first_stage = SimpleNamespace(batch_search=search)  # the one method RerankingRetriever calls
         search = RerankingRetriever(first_stage, reranker, docs, top_k=rerank_top_k, alpha=rerank_alpha).batch_search
-    results = search(list(qmap.values()), list(qmap), k=k, threads=threads)
-    if run:
-        write_trec_run(results, run)
-    if output:
-        write_json_atomic(output, {qid: [asdict(h) for h in hits] for qid, hits in results.items()})
+    qids = list(qmap)
+    shown: dict = {}
+    with contextlib.ExitStack() as stack:  # run and JSON written block by block, renamed into place at the end
+        writer = stack.enter_context(TrecRunWriter(run, tag="retr")) if run else None
+        json_out = stack.enter_context(atomic_file(output)) if output else None
+        if json_out is not None:
+            json_out.write("{")
+        for s in range(0, len(qids), QUERY_BLOCK):
+            block = qids[s:s + QUERY_BLOCK]
+            results = search([qmap[q] for q in block], block, k=k, threads=threads)
+            if writer is not None:
+                writer.write(results)
+            if json_out is not None:
+                json_out.write(",".join(f"\n{json.dumps(q)}: {json.dumps([asdict(h) for h in results[q]])}"
+                                        for q in block if q in results) + ("," if s + QUERY_BLOCK < len(qids) else ""))
+            if len(qmap) <= 5:
+                shown.update(results)
+        if json_out is not None:
+            json_out.write("\n}\n")
     if len(qmap) <= 5:
         from rich.table import Table
 
         con = common.console()
-        for qid, hits in results.items():
+        for qid, hits in shown.items():
             table = Table(title=f"{qid}: {qmap[qid][:80]}")
             for col in ("rank", "docid", "score"):
                 table.add_column(col)

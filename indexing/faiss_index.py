@@ -4,7 +4,8 @@ The index knows vectors and string ids, nothing of models: what made the vectors
 ``encoder`` dict inside ``meta.json`` and callers compare it (``check_encoder``). Index types are named
 presets (flat, hnsw, ivf, pq, ivfpq, sq8) or any FAISS ``index_factory`` string. Optional
 ``vectors.npy`` keeps the float32 vectors so compressed (PQ) indexes can re-score their candidates
-exactly. Directories are written atomically (temp dir, then rename).
+exactly. Directories are written atomically (temp dir, then rename). Building adds vectors block by block from
+arrays, memory maps or stacked shards, so RAM holds the index plus one block (see ``FaissIndex.build``).
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ import numpy as np
 
 from .atomic import ArtifactError
 from .faiss_io import IDS_FILE, INDEX_FILE, META_FILE, VECTORS_FILE, read_index_dir, write_index_dir  # noqa: F401
+from .shards import StackedVectors
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PRESETS = ("flat", "hnsw", "ivf", "pq", "ivfpq", "sq8")
+ADD_BLOCK = 65_536  # vectors copied and added per step while building
 
 
 class IndexMismatchError(ArtifactError):
@@ -68,6 +71,51 @@ class IndexSpec:
         return t  # a raw factory string
 
 
+    def check(self, n: int, dim: int) -> str:
+        """The factory string for ``n`` vectors of ``dim``, or ``ValueError`` (one line) when FAISS could not
+        build it: an unknown factory string, more IVF lists or PQ centroids than vectors to train on, or PQ
+        sub-quantisers that do not divide ``dim``. Call it before encoding, so a bad choice fails at once."""
+        factory = self.factory_string(dim, n)
+        if n < 1:
+            raise ValueError("cannot build an index of 0 vectors")
+        try:
+            index = faiss.index_factory(dim, factory, _metric(self.metric))
+        except RuntimeError as e:
+            raise ValueError(f"index type {factory!r} is not valid for dim {dim} ({_faiss_reason(e)})") from None
+        if index.is_trained:
+            return factory
+        try:
+            nlist = faiss.extract_index_ivf(index).nlist
+        except RuntimeError:
+            nlist = 0
+        if nlist > n:
+            raise ValueError(f"{factory}: {nlist} IVF lists need at least {nlist} vectors to train, the corpus has {n} "
+                             f"(use --nlist {max(1, n // 39)} or fewer, or -t flat)")
+        base = faiss.downcast_index(faiss.extract_index_ivf(index) if nlist else index)
+        pq = getattr(base, "pq", None)
+        if pq is not None and pq.ksub > n:
+            raise ValueError(f"{factory}: {pq.nbits}-bit PQ codes need at least {pq.ksub} vectors to train, the corpus "
+                             f"has {n} (use --pq-bits {max(1, int(np.log2(max(n, 2))))} or less, or -t flat)")
+        if n < 5000:  # other trained types: a trial run on random data is cheap at this size
+            try:
+                index.train(np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32))
+            except RuntimeError as e:
+                raise ValueError(f"{factory} cannot be trained on {n} vectors ({_faiss_reason(e)})") from None
+        return factory
+
+
+def _faiss_reason(e: Exception) -> str:
+    """The one informative part of a FAISS exception (they carry the C++ location and a stack)."""
+    import re
+
+    text = str(e).strip()
+    for line in text.splitlines():
+        m = re.search(r"failed: (.*)", line) or re.search(r"\.(?:cpp|h):\d+: (.*)", line)
+        if m:
+            return m.group(1).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _default_nlist(n: int) -> int:
     nlist = int(4 * math.sqrt(max(n, 1)))
     return max(1, min(nlist, n // 39 if n >= 39 else 1))
@@ -99,20 +147,28 @@ class FaissIndex:
     index: Any
     docids: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
-    vectors: np.ndarray | None = None  # float32 rows, kept for exact re-scoring
+    vectors: "np.ndarray | StackedVectors | None" = None  # float32 rows (often memory-mapped), for re-scoring
+    parts: list["FaissIndex"] = field(default_factory=list, repr=False)  # sub-indexes of ``combine``
 
     # ---------- building ----------
     @classmethod
-    def build(cls, vectors: np.ndarray, docids: Sequence[str], spec: IndexSpec | None = None,
-              meta: dict[str, Any] | None = None, use_gpu: bool | None = None) -> "FaissIndex":
+    def build(cls, vectors: "np.ndarray | StackedVectors", docids: Sequence[str], spec: IndexSpec | None = None,
+              meta: dict[str, Any] | None = None, use_gpu: bool | None = None, block: int = ADD_BLOCK,
+              show_progress: bool = False) -> "FaissIndex":
+        """Train (IVF/PQ: on ``spec.train_sample`` rows drawn at random) and add ``vectors`` block by block.
+
+        ``vectors`` may be an array, a memory map or ``StackedVectors`` over shards: only one block of
+        ``block`` rows (and the training sample) is copied at a time, so RAM holds the index's own bytes plus
+        O(block * dim). ``spec.store_vectors`` keeps a reference to ``vectors`` for exact re-scoring."""
         spec = spec or IndexSpec()
-        vectors = _as_f32(vectors)
-        if vectors.ndim != 2 or len(vectors) != len(docids):
-            raise ValueError(f"vectors {vectors.shape} and {len(docids)} ids disagree")
+        src = vectors if isinstance(vectors, StackedVectors) else StackedVectors([vectors])
+        if len(src) != len(docids):
+            raise ValueError(f"vectors {src.shape} and {len(docids)} ids disagree")
+        docids = list(docids)
         if len(set(docids)) != len(docids):
             raise ValueError("duplicate document ids given to the index")
-        n, dim = vectors.shape
-        factory = spec.factory_string(dim, n)
+        n, dim = src.shape
+        factory = spec.check(n, dim)
         t0 = time.perf_counter()
         index = faiss.index_factory(dim, factory, _metric(spec.metric))
         base = faiss.downcast_index(index)
@@ -122,10 +178,20 @@ class FaissIndex:
         work = _to_gpu(index) if gpu else index
         if not work.is_trained:
             rng = np.random.default_rng(spec.seed)
-            sample = vectors if n <= spec.train_sample else vectors[np.sort(rng.choice(n, spec.train_sample, replace=False))]
-            log.info("training %s on %d vectors", factory, len(sample))
-            work.train(sample)
-        work.add(vectors)
+            rows = np.arange(n) if n <= spec.train_sample else np.sort(rng.choice(n, spec.train_sample, replace=False))
+            log.info("training %s on %d vectors", factory, len(rows))
+            work.train(src.take(rows))
+        bar = None
+        if show_progress and n > block:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc=f"adding to {factory}", unit="vec")
+        for _, rows_block in src.blocks(block):
+            work.add(rows_block)
+            if bar is not None:
+                bar.update(len(rows_block))
+        if bar is not None:
+            bar.close()
         index = faiss.index_gpu_to_cpu(work) if work is not index else work
         build_seconds = time.perf_counter() - t0
         full_meta = {
@@ -140,8 +206,7 @@ class FaissIndex:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         full_meta.update(meta or {})
-        out = cls(index=index, docids=list(docids), meta=full_meta,
-                  vectors=vectors if spec.store_vectors else None)
+        out = cls(index=index, docids=docids, meta=full_meta, vectors=src if spec.store_vectors else None)
         out.set_search_params(ef_search=spec.ef_search, nprobe=spec.nprobe)
         return out
 
@@ -157,7 +222,8 @@ class FaissIndex:
         self.index.add(vectors)
         self.docids.extend(docids)
         if self.vectors is not None:
-            self.vectors = np.concatenate([np.asarray(self.vectors), vectors])
+            old = self.vectors.parts if isinstance(self.vectors, StackedVectors) else [self.vectors]
+            self.vectors = StackedVectors([*old, vectors])
         self.meta["count"] = len(self.docids)
 
     # ---------- properties & knobs ----------
@@ -170,6 +236,8 @@ class FaissIndex:
 
     def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Search-time knobs that need no rebuild (HNSW efSearch, IVF nprobe)."""
+        for part in self.parts:
+            part.set_search_params(ef_search, nprobe)
         base = faiss.downcast_index(self.index)
         if ef_search is not None and hasattr(base, "hnsw"):
             base.hnsw.efSearch = int(ef_search)
@@ -213,7 +281,8 @@ class FaissIndex:
         out_r = np.full((len(queries), k), -1, np.int64)
         for i, (q, cand) in enumerate(zip(queries, rows)):
             cand = cand[cand >= 0]
-            vecs = np.asarray(self.vectors[cand], dtype=np.float32)
+            vecs = (self.vectors.take(cand) if isinstance(self.vectors, StackedVectors)
+                    else np.asarray(self.vectors[cand], dtype=np.float32))
             s = vecs @ q if self.meta.get("metric", "ip") == "ip" else -((vecs - q) ** 2).sum(1)
             order = np.argsort(-s, kind="stable")[:k]
             out_s[i, : len(order)] = s[order]
@@ -238,6 +307,38 @@ class FaissIndex:
         params = meta.get("params") or {}
         out.set_search_params(ef_search=params.get("ef_search"), nprobe=params.get("nprobe"))
         return out
+
+    @classmethod
+    def combine(cls, parts: Sequence["FaissIndex"]) -> "FaissIndex":
+        """Search several indexes as one (FAISS ``IndexShards``): hits are merged by score, ids concatenated.
+
+        For collections built in pieces (``retr index --from-embeddings SHARD_DIR`` per shard) or too big for
+        one index; every part must agree on dim, metric and encoder. Memory: the parts themselves (memory-map
+        them with ``load(mmap=True)``)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        for i, part in enumerate(parts[1:], 2):
+            for key in ("dim", "metric"):
+                if part.meta.get(key) != first.meta.get(key):
+                    raise IndexMismatchError(f"index {i} has {key}={part.meta.get(key)!r}, index 1 has "
+                                             f"{first.meta.get(key)!r}")
+            if (part.meta.get("encoder") or {}).get("passage_fingerprint") != \
+                    (first.meta.get("encoder") or {}).get("passage_fingerprint"):
+                raise IndexMismatchError(f"index {i} was encoded by another model or settings than index 1")
+        shards = faiss.IndexShards(first.dim, False, True)  # not threaded, successive ids
+        for part in parts:
+            shards.add_shard(part.index)
+        docids = [d for part in parts for d in part.docids]
+        if len(set(docids)) != len(docids):
+            raise IndexMismatchError("the indexes share document ids (the same documents indexed twice?)")
+        vectors = None
+        if all(p.vectors is not None for p in parts):
+            vectors = StackedVectors([v for p in parts for v in
+                                      (p.vectors.parts if isinstance(p.vectors, StackedVectors) else [p.vectors])])
+        meta = {**first.meta, "count": len(docids), "parts": [p.meta.get("count") for p in parts],
+                "factory": "+".join(str(p.meta.get("factory")) for p in parts)}
+        return cls(index=shards, docids=docids, meta=meta, vectors=vectors, parts=list(parts))  # parts stay alive
 
     def check_encoder(self, expected: dict[str, Any], keys: Sequence[str]) -> None:
         """Fail with one clear line when the querying encoder disagrees with the one that built the index."""

@@ -8,7 +8,8 @@ checksum costs no second pass and a full disk raises an ``OSError`` carrying ENO
 checksum mismatches (the sha256 of every file unless memory-mapped; ``docids.json`` always), a
 ``meta.json`` of the wrong shape, counts or dims that disagree, non-string or duplicate ids. This is what
 ties ids to rows: a ``docids.json`` rotated by one is refused rather than answering with wrong ids.
-Directories written before checksums existed still load, with one warning.
+Directories written before checksums existed still load, with one warning. (Sizes only for ``vectors.npy``,
+which is memory-mapped and read by rows.)
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .atomic import atomic_dir, read_json
+from .atomic import atomic_dir, fault_point, read_json
 from .errors import ArtifactError
-from .validate import CHUNK, HashingWriter, check_id_list, check_index_meta, verify_files
+from .shards import StackedVectors, write_ids_json
+from .validate import CHUNK, HashingWriter, check_id_list, check_index_meta, file_digest, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +35,21 @@ VECTORS_FILE = "vectors.npy"
 
 
 def write_index_dir(directory: Path, index: Any, docids: list[str], meta: dict[str, Any],
-                    vectors: np.ndarray | None = None) -> dict[str, Any]:
-    """Write the directory atomically; returns the meta as written (with ``checksums``)."""
+                    vectors: "np.ndarray | StackedVectors | None" = None) -> dict[str, Any]:
+    """Write the directory atomically; returns the meta as written (with ``checksums``).
+
+    ``docids.json`` and ``vectors.npy`` are streamed (memory-mapped vectors are never read whole).
+    ``vectors.npy`` gets its size recorded, not a sha256: it is always memory-mapped on load and read by rows,
+    so hashing it on every load would read it whole; its header is checked against the index instead."""
     with atomic_dir(directory, kind="index") as tmp:
         sums = {INDEX_FILE: _write_faiss(index, tmp / INDEX_FILE)}
-        w = HashingWriter(tmp / IDS_FILE)
-        try:
-            w.write(json.dumps(docids, ensure_ascii=False).encode("utf-8"))
-        finally:
-            sums[IDS_FILE] = w.close()
+        write_ids_json(tmp / IDS_FILE, docids)
+        sums[IDS_FILE] = file_digest(tmp / IDS_FILE)
+        fault_point("wrote docids")
         if vectors is not None:
-            w = HashingWriter(tmp / VECTORS_FILE)
-            try:
-                np.save(w, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
-            finally:
-                sums[VECTORS_FILE] = w.close()
+            stacked = vectors if isinstance(vectors, StackedVectors) else StackedVectors([vectors])
+            stacked.save_npy(tmp / VECTORS_FILE)
+            sums[VECTORS_FILE] = {"bytes": (tmp / VECTORS_FILE).stat().st_size}
         meta = dict(meta, count=len(docids), has_vectors=vectors is not None, checksums=sums)
         with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2)
@@ -90,7 +92,7 @@ def _read_index_dir(directory: Path, mmap: bool) -> tuple[Any, list[str], dict[s
     if sums is None:
         _warn_unverified(directory)
     else:
-        verify_files(directory, sums, full=(IDS_FILE,) if mmap else (IDS_FILE, INDEX_FILE, VECTORS_FILE))
+        verify_files(directory, sums, full=(IDS_FILE,) if mmap else (IDS_FILE, INDEX_FILE))
     docids = check_id_list(read_json(directory / IDS_FILE), str(directory / IDS_FILE))
     index = _read_faiss(directory / INDEX_FILE, mmap)
     if index.ntotal != len(docids):
@@ -102,8 +104,8 @@ def _read_index_dir(directory: Path, mmap: bool) -> tuple[Any, list[str], dict[s
         raise ArtifactError(f"{directory / IDS_FILE}: duplicate ids")
     vectors = None
     if (directory / VECTORS_FILE).exists():
-        try:
-            vectors = np.load(directory / VECTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+        try:  # memory-mapped either way: re-scoring reads only the candidate rows
+            vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
             raise ArtifactError(f"{directory / VECTORS_FILE}: cannot read ({_first_line(e)})") from None
         if vectors.shape != (len(docids), int(index.d)):
@@ -123,8 +125,11 @@ def _write_faiss(index: Any, path: Path) -> dict[str, Any]:
 
 def _read_faiss(path: Path, mmap: bool) -> Any:
     if mmap:
+        # IO_FLAG_MMAP_IFC maps flat codes too (IO_FLAG_MMAP alone maps only IVF lists), so a flat, IVF or HNSW
+        # index larger than RAM is read from the page cache as it is searched
+        flag = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
         try:
-            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            return faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError as e:
             log.info("cannot memory-map %s (%s); reading it into RAM", path, _first_line(e))
     try:

@@ -35,13 +35,15 @@ def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
 
 
 def first_stage(name: str, corpus: Corpus, index_dir: str | os.PathLike | None = None, batch_size: int = 64,
-                **options: Any):
-    """``bm25`` (pyserini Lucene) or a dense model name -> a retriever over ``corpus``."""
+                precision: str = "auto", encoder_overrides: dict[str, Any] | None = None, **options: Any):
+    """``bm25`` (pyserini Lucene, ``options`` k1/b/threads) or a dense model name (with ``encoder_overrides``)
+    -> a retriever over ``corpus``."""
     if name.lower() == "bm25":
         from .bm25 import BM25Retriever
 
         return BM25Retriever.for_corpus(corpus, index_dir=index_dir, **options)
-    return dense_retriever_for(corpus, model=name, index_dir=index_dir, batch_size=batch_size)
+    return dense_retriever_for(corpus, model=name, index_dir=index_dir, batch_size=batch_size, precision=precision,
+                               **(encoder_overrides or {}))
 
 
 def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None = None,

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from retr.indexing.faiss_index import FaissIndex, IndexMismatchError, IndexSpec
+from retr.indexing.faiss_index import VECTORS_FILE, FaissIndex, IndexMismatchError, IndexSpec
 
-from .data.beir import Corpus
+from .data.corpus import Corpus
+from .encoding import DEFAULT_BLOCK, encode_corpus, encode_in_memory, work_dir_for
 from .hits import Hit, Run, hits_from_scores
 from .modeling.dual_encoder import DualEncoder
 
@@ -44,23 +46,45 @@ class DenseRetriever:
     # ---------- construction ----------
     @classmethod
     def build(cls, encoder: DualEncoder, corpus: Corpus, index_dir: str | os.PathLike | None = None,
-              spec: IndexSpec | None = None, batch_size: int = 64, show_progress: bool = True) -> "DenseRetriever":
-        """Encode ``corpus`` and index it (saved atomically to ``index_dir`` when given)."""
-        t0 = time.perf_counter()
-        vectors = encoder.encode_passages(corpus.passages(encoder.passage_tower.config.title_sep),
-                                          batch_size=batch_size, show_progress=show_progress)
-        encode_s = time.perf_counter() - t0
-        log.info("encoded %d passages in %.1fs (%.0f docs/s)", len(corpus), encode_s, len(corpus) / max(encode_s, 1e-9))
-        index = FaissIndex.build(vectors, corpus.ids, spec, meta=index_meta(encoder, corpus, encode_s))
-        if index_dir is not None:
-            index.save(index_dir)
+              spec: IndexSpec | None = None, batch_size: int = 64, show_progress: bool = True,
+              block_size: int = DEFAULT_BLOCK) -> "DenseRetriever":
+        """Encode ``corpus`` block by block to disk and index it (saved atomically to ``index_dir`` when given).
+
+        The vectors are encoded into a hidden work directory beside ``index_dir`` (a temp dir without one), so a
+        killed build resumes its encoding; RAM holds the index plus one block. Index parameters are checked
+        against the corpus size before anything is encoded (``ValueError``)."""
+        spec = spec or IndexSpec()
+        spec.check(len(corpus), encoder.dim)
+        temp = index_dir is None
+        work = Path(tempfile.mkdtemp(prefix="retr-encode-")) / "work" if temp else work_dir_for(index_dir)
+        partial, stats = encode_corpus(encoder, corpus, work, block_size=block_size, batch_size=batch_size,
+                                       show_progress=show_progress)
+        try:
+            index = FaissIndex.build(partial.vectors, corpus.ids, spec, meta=index_meta(encoder, corpus, stats.seconds),
+                                     show_progress=show_progress)
+            if temp and index.vectors is not None:
+                index.vectors = np.array(partial.vectors)  # the temp file goes; keep the rows for re-scoring
+            if not temp:
+                index.save(index_dir)
+                if index.vectors is not None:  # re-score from the saved copy, not the work dir about to go
+                    index.vectors = np.load(Path(index_dir) / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        finally:
+            if temp:
+                partial.discard()
+                shutil.rmtree(work.parent, ignore_errors=True)
+        if not temp:
+            partial.discard()
         return cls(encoder, index, batch_size=batch_size, show_progress=show_progress)
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike, model: str | DualEncoder | None = None, mmap: bool = False,
-             batch_size: int = 64, show_progress: bool = True, **encoder_overrides: Any) -> "DenseRetriever":
-        """Open an index directory; the model defaults to the one recorded in its ``meta.json``."""
-        index = FaissIndex.load(index_dir, mmap=mmap)
+    def load(cls, index_dir: "str | os.PathLike | Sequence[str | os.PathLike]", model: str | DualEncoder | None = None,
+             mmap: bool = False, batch_size: int = 64, show_progress: bool = True,
+             **encoder_overrides: Any) -> "DenseRetriever":
+        """Open an index directory (or several, searched as one: ``FaissIndex.combine``); the model defaults to
+        the one recorded in its ``meta.json``."""
+        dirs = [index_dir] if isinstance(index_dir, (str, os.PathLike)) else list(index_dir)
+        index = FaissIndex.combine([FaissIndex.load(d, mmap=mmap) for d in dirs])
+        index_dir = dirs[0]
         built = index.meta.get("encoder") or {}
         if model is None:
             model = built.get("model_path") or built.get("model")
@@ -71,7 +95,10 @@ class DenseRetriever:
                                  **encoder_overrides}
         if not isinstance(model, DualEncoder):
             model = DualEncoder.from_pretrained(model, **encoder_overrides)
-        index.check_encoder(encoder_identity(model), _MUST_AGREE)
+        identity = encoder_identity(model)
+        if built.get("passage_fingerprint") == model.passage_tower.fingerprint():
+            identity["passage_fingerprint"] = built["passage_fingerprint"]  # an index from before side="passage"
+        index.check_encoder(identity, _MUST_AGREE)
         return cls(model, index, batch_size=batch_size, show_progress=show_progress)
 
     # ---------- search ----------
@@ -94,7 +121,7 @@ class DenseRetriever:
 
 def encoder_identity(encoder: DualEncoder) -> dict[str, Any]:
     d = encoder.describe()
-    d["passage_fingerprint"] = encoder.passage_tower.fingerprint()
+    d["passage_fingerprint"] = encoder.passage_tower.fingerprint(side="passage")
     return d
 
 
@@ -121,8 +148,7 @@ def add_documents(index_dir: str | os.PathLike, corpus: Corpus, model: str | Dua
     new = [d for d in corpus.ids if d not in known]
     if new:
         part = corpus.subset(new)
-        vectors = retriever.encoder.encode_passages(part.passages(retriever.encoder.passage_tower.config.title_sep),
-                                                    batch_size=batch_size, show_progress=True)
+        vectors = encode_in_memory(retriever.encoder, part, batch_size=batch_size)
         retriever.index.add(vectors, new)
         retriever.index.meta["corpus"] = {"path": corpus.path, "fingerprint": corpus.fingerprint, "count": len(corpus)}
         retriever.index.save(index_dir)

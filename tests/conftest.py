@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# corpus stores and other caches of the test session go to a temp dir, never the user's ~/.cache
+os.environ.setdefault("RETR_CACHE_DIR", tempfile.mkdtemp(prefix="retr-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RETR_SHARED_DATA", REPO.parent / "shared" / "data"))

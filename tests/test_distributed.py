@@ -78,9 +78,9 @@ def test_distributed_encoding_equals_one_process(tmp_path, tiny_model_dir, tiny_
     vectors, ids, _ = load_shards(tmp_path / "emb")
     corpus = load_corpus(tiny_beir / "corpus.jsonl")
     single = DualEncoder.from_pretrained(tiny_model_dir).encode_passages(corpus.passages())
-    assert ids == corpus.ids
+    assert ids == list(corpus.ids)
     np.testing.assert_allclose(vectors, single, atol=1e-5)
-    a, b = FaissIndex.build(vectors, ids), FaissIndex.build(single, corpus.ids)
+    a, b = FaissIndex.build(vectors, ids), FaissIndex.build(single, list(corpus.ids))
     assert a.search(single[:4], 5)[1] == b.search(single[:4], 5)[1]
 
 

@@ -21,7 +21,7 @@ def scifact_subset(scifact_dir, tmp_path_factory):
     qids = sorted(ds.qrels)[:40]
     judged = sorted({d for q in qids for d in ds.qrels[q]})
     rng = np.random.default_rng(0)
-    others = [d for d in rng.permutation(ds.corpus.ids) if d not in set(judged)][:260]
+    others = [d for d in rng.permutation(list(ds.corpus.ids)) if d not in set(judged)][:260]
     out = tmp_path_factory.mktemp("scifact-subset")
     with open(out / "corpus.jsonl", "w") as fh:
         for d in judged + others:

@@ -121,3 +121,31 @@ def test_bf16_autocast_is_close_but_not_identical(tiny_model_dir):
     enc.precision = "half-baked"
     with pytest.raises(ValueError, match="precision must be"):
         enc.encode(TEXTS)
+
+
+def test_encode_in_blocks_equals_one_block(tiny_model_dir):
+    """Tokenising block by block (bounded memory) gives the vectors of tokenising everything at once."""
+    enc = Encoder.from_pretrained(tiny_model_dir)
+    texts = [" ".join(["word"] * (1 + (i * 7) % 40)) + f" {i}" for i in range(50)]
+    whole = enc.encode(texts, batch_size=8, block_size=1000)
+    blocks = enc.encode(texts, batch_size=8, block_size=7)
+    np.testing.assert_allclose(blocks, whole, atol=1e-5)
+    np.testing.assert_allclose(enc.encode(texts[13:14]), whole[13:14], atol=1e-5)
+
+
+def test_max_length_over_positions_is_clamped_with_a_warning(tmp_path, tiny_model_dir, capsys, caplog):
+    """Case max-length-over-positions: 1024 on a 128-position model is clamped (and long texts encode)."""
+    from conftest import run_cli, write_beir
+
+    enc = Encoder.from_pretrained(tiny_model_dir, passage_max_length=1024, query_max_length=4096)
+    assert enc.config.passage_max_length == 128 and enc.config.query_max_length == 128
+    assert "more than the model's 128 positions" in caplog.text
+    long_doc = [("long", "", " ".join(f"token{i}" for i in range(1400)))]
+    data = write_beir(tmp_path / "d", docs=long_doc + [("d2", "", "short")], queries=[("q", "token5")],
+                      qrels=[("q", "long", 1)])
+    code, _, err = run_cli(["eval", "-m", tiny_model_dir, "-d", data, "--passage-max-length", "1024", "-k", "2",
+                            "-o", tmp_path / "m.json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["eval", "-m", tiny_model_dir, "-d", data, "--passage-max-length", "0"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "error: passage-max-length must be at least 1, got 0"

@@ -1,11 +1,13 @@
-"""Metrics agree with an independent pytrec_eval run on the written TREC file; identical ids are dropped."""
+"""Metrics agree with an independent pytrec_eval run on the written TREC file; unjudged identical ids are dropped."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import pytrec_eval
 
-from conftest import make_tiny_bert, run_cli
+from conftest import make_tiny_bert, run_cli, write_beir
 from retr.evaluation import compute_metrics, evaluate, remove_identical_ids
 from retr.retriever.data import load_beir, read_trec_run, write_trec_run
 from retr.retriever.hits import Hit
@@ -45,14 +47,38 @@ def test_missing_query_counts_as_zero():
 
 def test_remove_identical_ids():
     run = {"q": [Hit("q", 9.0, 1), Hit("a", 5.0, 2), Hit("b", 1.0, 3)]}
-    assert remove_identical_ids(run, 1) == {"q": [Hit("a", 5.0, 1)]}
+    assert remove_identical_ids(run, 1) == ({"q": [Hit("a", 5.0, 1)]}, 0)
+    # a self hit the qrels judge relevant to that query is a right answer: kept and counted
+    assert remove_identical_ids(run, 2, {"q": {"q": 1}}) == ({"q": [Hit("q", 9.0, 1), Hit("a", 5.0, 2)]}, 1)
+    assert remove_identical_ids(run, 2, {"q": {"q": 0, "a": 1}})[0] == {"q": [Hit("a", 5.0, 1), Hit("b", 1.0, 2)]}
+
+
+def test_judged_self_hit_scores_as_pytrec_eval_on_the_full_ranking(tmp_path, tiny_model_dir, capsys):
+    """Case identical-ids: query and doc ids are separate namespaces; qrels judge doc "0" relevant to query "0"."""
+    docs = [(str(i), "", t) for i, t in enumerate(["aspirin heart", "statins cholesterol", "vitamin d bone",
+                                                   "salt blood pressure", "sleep obesity"])]
+    queries = [("0", "aspirin heart attack"), ("1", "cholesterol drugs")]
+    qrels = [("0", "0", 1), ("1", "1", 1)]
+    data = write_beir(tmp_path / "ids", docs=docs, queries=queries, qrels=qrels)
+    code, _, err = run_cli(["eval", "-m", tiny_model_dir, "-d", data, "--k", "5", "--run", tmp_path / "run.trec",
+                            "-o", tmp_path / "out.json"], capsys)
+    assert code == 0, err
+    code, _, _ = run_cli(["eval", "-m", tiny_model_dir, "-d", data, "--k", "5", "--keep-identical-ids",
+                          "--run", tmp_path / "keep.trec", "-o", tmp_path / "keep.json"], capsys)
+    default = json.loads((tmp_path / "out.json").read_text())
+    keep = json.loads((tmp_path / "keep.json").read_text())
+    indep = _pytrec(load_beir(data, "test").qrels, tmp_path / "keep.trec")
+    assert default["metrics"]["nDCG@10"] == pytest.approx(indep["nDCG@10"], abs=1e-6)
+    assert keep["metrics"]["nDCG@10"] == pytest.approx(indep["nDCG@10"], abs=1e-6)
+    assert default["identical_ids_kept"] == 2
+    assert (tmp_path / "run.trec").read_text() == (tmp_path / "keep.trec").read_text()  # both self hits judged
 
 
 def test_evaluate_equals_independent_pytrec_eval_on_run_file(tiny_beir, tiny_model_dir, tmp_path):
     ds = load_beir(tiny_beir, "test")
     retriever = DenseRetriever.build(DualEncoder.from_pretrained(tiny_model_dir), ds.corpus, show_progress=False)
     result = evaluate(retriever, ds, k=5)
-    assert all(h.docid != "d6" for h in result.run["d6"])  # its own id dropped, as BEIR does
+    assert any(h.docid == "d6" for h in result.run["d6"])  # its own id is judged relevant to it: kept
     assert all(len(h) == 5 for h in result.run.values())
     write_trec_run(result.run, tmp_path / "run.trec")
     indep = _pytrec(ds.qrels, tmp_path / "run.trec")
@@ -102,3 +128,24 @@ def test_index_of_another_corpus_is_refused(tiny_beir, tiny_model_dir, tmp_path,
     assert run_cli(["index", "-m", tiny_model_dir, "-d", other, "-o", tmp_path / "idx"], capsys)[0] == 0
     code, _, err = run_cli(["eval", "-d", tiny_beir, "-i", tmp_path / "idx"], capsys)
     assert code == 2 and "index was built from another corpus" in err
+
+
+def test_search_streams_query_blocks(tiny_beir, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """`retr search --queries` writes the same run and JSON whether the queries go in one block or several."""
+    import json
+
+    from retr.cli import search_cmd
+
+    code, _, err = run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", tmp_path / "idx"], capsys)
+    assert code == 0, err
+    outputs = []
+    for block in (1024, 2):
+        monkeypatch.setattr(search_cmd, "QUERY_BLOCK", block)
+        run, js = tmp_path / f"run{block}.trec", tmp_path / f"hits{block}.json"
+        code, _, err = run_cli(["search", "-i", tmp_path / "idx", "--queries", tiny_beir / "queries.jsonl", "-k", "4",
+                                "--run", run, "--output", js], capsys)
+        assert code == 0, err
+        outputs.append((run.read_text(), json.loads(js.read_text())))
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0][1]) == 5 and all(len(h) == 4 for h in outputs[0][1].values())
+    assert len(outputs[0][0].splitlines()) == 20

@@ -3,61 +3,24 @@
 Every problem is reported as one ``file:line: ...`` line (``DataError``): a line that is not a JSON
 object, a missing or empty ``_id``/``text``, a duplicate id, a qrels row with the wrong number of
 fields, a non-integer score, or an id that the corpus or queries do not hold. CRLF line endings (as in
-the official BEIR qrels) are accepted. Ids are kept as strings, as BEIR's loader does.
+the official BEIR qrels) and a UTF-8 byte-order mark are accepted. Ids are kept as strings, as BEIR's
+loader does. The corpus itself lives in a memory-mapped Arrow store (``corpus.py``).
 """
 from __future__ import annotations
-
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from .corpus import Corpus, join_title_text, load_corpus
 from .errors import DataError
 
+BOM = b"\xef\xbb\xbf"
+_WHITESPACE = re.compile(r"\s")
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Corpus:
-    """Documents in file order; ``fingerprint`` is the sha256 of the file's bytes (first 16 hex)."""
-
-    ids: list[str]
-    titles: list[str]
-    texts: list[str]
-    fingerprint: str = ""
-    path: str = ""
-    _pos: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self._pos:
-            self._pos = {d: i for i, d in enumerate(self.ids)}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __contains__(self, docid: str) -> bool:
-        return docid in self._pos
-
-    def index_of(self, docid: str) -> int:
-        return self._pos[docid]
-
-    def passage(self, docid: str, sep: str = " ") -> str:
-        i = self._pos[docid]
-        return join_title_text(self.titles[i], self.texts[i], sep)
-
-    def passages(self, sep: str = " ") -> list[str]:
-        """Title and text joined as BEIR's dense models do: ``(title + sep + text).strip()``."""
-        return [join_title_text(t, x, sep) for t, x in zip(self.titles, self.texts)]
-
-    def subset(self, docids: list[str]) -> "Corpus":
-        rows = [self._pos[d] for d in docids]
-        return Corpus([self.ids[r] for r in rows], [self.titles[r] for r in rows], [self.texts[r] for r in rows],
-                      fingerprint=_hash_strings(docids, self.fingerprint), path=self.path)
-
-
-def join_title_text(title: str, text: str, sep: str = " ") -> str:
-    return (title + sep + text).strip() if title else text.strip()
 
 
 @dataclass
@@ -77,21 +40,19 @@ class BeirDataset:
         return {q: t for q, t in self.queries.items() if q in self.qrels}
 
 
-def _hash_strings(items: list[str], salt: str = "") -> str:
-    h = hashlib.sha256(salt.encode())
-    for s in items:
-        h.update(s.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()[:16]
+def read_jsonl(path: Path, required: tuple[str, ...], kind: str, hasher=None):
+    """Yield (line_no, obj) for each non-blank line, validating the required string fields.
 
-
-def _read_jsonl(path: Path, required: tuple[str, ...], kind: str, hasher=None):
-    """Yield (line_no, obj) for each non-blank line, validating the required string fields."""
+    A UTF-8 byte-order mark at the start of the file is skipped (``hasher`` still sees the raw bytes). Ids
+    (``_id``) may not hold whitespace: TREC runs and qrels, which retr writes, cannot carry it."""
     if not path.exists():
         raise DataError(path, None, f"{kind} file not found")
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, 1):
             if hasher is not None:
                 hasher.update(raw)
+            if line_no == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             if not raw.strip():
                 continue
             try:
@@ -109,36 +70,20 @@ def _read_jsonl(path: Path, required: tuple[str, ...], kind: str, hasher=None):
                     obj[key] = str(value)
                 elif not isinstance(value, str):
                     raise DataError(path, line_no, f'field "{key}" must be a string, got {type(value).__name__}')
-            if "_id" in required and not obj["_id"].strip():
-                raise DataError(path, line_no, 'field "_id" is empty')
+            if "_id" in required:
+                if not obj["_id"].strip():
+                    raise DataError(path, line_no, 'field "_id" is empty')
+                if _WHITESPACE.search(obj["_id"]):
+                    raise DataError(path, line_no, f'field "_id" {obj["_id"]!r} contains whitespace, which TREC runs '
+                                    "and qrels cannot carry")
             yield line_no, obj
-
-
-def load_corpus(path: str | Path) -> Corpus:
-    path = Path(path)
-    hasher = hashlib.sha256()
-    ids, titles, texts, seen = [], [], [], {}
-    for line_no, obj in _read_jsonl(path, ("_id", "text"), "corpus", hasher):
-        docid = obj["_id"]
-        if docid in seen:
-            raise DataError(path, line_no, f'duplicate "_id" {docid!r} (first on line {seen[docid]})')
-        seen[docid] = line_no
-        title = obj.get("title") or ""
-        if not isinstance(title, str):
-            raise DataError(path, line_no, f'field "title" must be a string, got {type(title).__name__}')
-        ids.append(docid)
-        titles.append(title)
-        texts.append(obj["text"])
-    if not ids:
-        raise DataError(path, None, "corpus is empty")
-    return Corpus(ids, titles, texts, fingerprint=hasher.hexdigest()[:16], path=str(path))
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
     path = Path(path)
     queries: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for line_no, obj in _read_jsonl(path, ("_id", "text"), "queries"):
+    for line_no, obj in read_jsonl(path, ("_id", "text"), "queries"):
         qid = obj["_id"]
         if qid in queries:
             raise DataError(path, line_no, f'duplicate "_id" {qid!r} (first on line {lines[qid]})')
@@ -155,7 +100,7 @@ def load_qrels(path: str | Path, queries: dict[str, str] | None = None, corpus: 
         raise DataError(path, None, "qrels file not found")
     qrels: dict[str, dict[str, int]] = {}
     missing_docs = 0
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         for line_no, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
             if not line.strip():

@@ -16,7 +16,7 @@ def read_queries(path: str | Path) -> dict[str, str]:
     if not path.exists():
         raise DataError(path, None, "queries file not found")
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         for line_no, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
             if not line.strip():

@@ -49,11 +49,15 @@ class TrainExample:
                 "negative_passages": [p.__dict__ for p in self.negatives]}
 
 
-def examples_from_beir(dataset: BeirDataset, negatives: dict[str, list[str]] | None = None) -> list[TrainExample]:
-    """One example per judged query of the split, positives = documents with grade > 0."""
+def examples_from_beir(dataset: BeirDataset, negatives: dict[str, list[str]] | None = None,
+                       qids: Iterable[str] | None = None) -> list[TrainExample]:
+    """One example per judged query of the split (or of ``qids``), positives = documents with grade > 0.
+
+    Memory grows with the examples' passages: stream big splits by passing ``qids`` block by block."""
     corpus = dataset.corpus
     out = []
-    for qid, judged in dataset.qrels.items():
+    for qid in (dataset.qrels if qids is None else qids):
+        judged = dataset.qrels.get(qid, {})
         pos = [d for d, g in judged.items() if g > 0 and d in corpus]
         if not pos or qid not in dataset.queries:
             continue
@@ -83,40 +87,42 @@ def _passages(obj, path: Path, line_no: int, key: str) -> list[Passage]:
     return out
 
 
-def read_tevatron(path: str | Path) -> list[TrainExample]:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, None, "training file not found")
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line_no, f"malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, line_no, "expected a JSON object")
-            if not isinstance(obj.get("query"), str):
-                raise DataError(path, line_no, 'missing field "query"')
-            pos = _passages(obj, path, line_no, "positive_passages")
-            if not pos:
-                raise DataError(path, line_no, 'field "positive_passages" is empty')
-            out.append(TrainExample(str(obj.get("query_id", line_no)), obj["query"], pos,
-                                    _passages(obj, path, line_no, "negative_passages")))
-    if not out:
-        raise DataError(path, None, "no training examples")
-    return out
+def parse_tevatron_line(raw: bytes | str, path: Path, line_no: int) -> TrainExample:
+    """One Tevatron JSONL line -> ``TrainExample`` (``DataError`` naming the file, line and field)."""
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, line_no, f"malformed JSON ({getattr(e, 'msg', None) or e.reason})") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, line_no, "expected a JSON object")
+    if not isinstance(obj.get("query"), str):
+        raise DataError(path, line_no, 'missing field "query"')
+    pos = _passages(obj, path, line_no, "positive_passages")
+    if not pos:
+        raise DataError(path, line_no, 'field "positive_passages" is empty')
+    return TrainExample(str(obj.get("query_id", line_no)), obj["query"], pos,
+                        _passages(obj, path, line_no, "negative_passages"))
 
 
-def write_tevatron(examples: Iterable[TrainExample], path: str | Path) -> None:
+def read_tevatron(path: str | Path):
+    """A Tevatron JSONL file as a lazy ``Sequence[TrainExample]`` (validated now, parsed on access)."""
+    from .examples import TevatronFile
+
+    return TevatronFile(path)
+
+
+def write_tevatron(examples: Iterable[TrainExample], path: str | Path) -> int:
+    """Write examples (any iterable, consumed once: memory holds one) atomically; returns how many."""
+    n = 0
     with atomic_file(path) as fh:
         for ex in examples:
             fh.write(json.dumps(ex.to_tevatron(), ensure_ascii=False) + "\n")
+            n += 1
+    return n
 
 
-def as_pairs(examples: Iterable[TrainExample]) -> list[TrainExample]:
-    """One example per (query, positive) pair, each keeping the query's negatives (the unit B3 clusters)."""
-    return [TrainExample(ex.query_id, ex.query, [pos], ex.negatives, ex.known_positives)
-            for ex in examples for pos in ex.positives]
+def as_pairs(examples):
+    """One example per (query, positive) pair, each keeping the query's negatives (the unit B3 clusters); lazy."""
+    from .examples import PairExamples
+
+    return PairExamples(examples)

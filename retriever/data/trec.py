@@ -10,10 +10,8 @@ from .errors import DataError
 
 
 def write_trec_run(run: Run, path: str | Path, tag: str = "retr") -> None:
-    with atomic_file(path) as fh:
-        for qid, hits in run.items():
-            for h in hits:
-                fh.write(f"{qid} Q0 {h.docid} {h.rank} {h.score:.9g} {tag}\n")
+    with TrecRunWriter(path, tag) as writer:
+        writer.write(run)
 
 
 def read_trec_run(path: str | Path) -> Run:
@@ -21,7 +19,7 @@ def read_trec_run(path: str | Path) -> Run:
     if not path.exists():
         raise DataError(path, None, "run file not found")
     run: Run = {}
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -37,3 +35,24 @@ def read_trec_run(path: str | Path) -> Run:
     for hits in run.values():
         hits.sort(key=lambda h: h.rank)
     return run
+
+
+class TrecRunWriter:
+    """Write a run block by block (``with TrecRunWriter(path, tag) as w: w.write(run_block)``); the file is
+    renamed into place when the ``with`` block ends without error, so a killed run leaves no partial file."""
+
+    def __init__(self, path: str | Path, tag: str = "retr"):
+        self.path, self.tag = Path(path), tag
+        self._ctx = atomic_file(self.path)
+        self._fh = None
+
+    def __enter__(self) -> "TrecRunWriter":
+        self._fh = self._ctx.__enter__()
+        return self
+
+    def write(self, run: Run) -> None:
+        for qid, hits in run.items():
+            self._fh.writelines(f"{qid} Q0 {h.docid} {h.rank} {h.score:.9g} {self.tag}\n" for h in hits)
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._ctx.__exit__(*exc)

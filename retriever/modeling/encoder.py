@@ -6,8 +6,10 @@ when present (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_confi
 ``config_sentence_transformers.json``) or from retr's own ``retr_encoder.json``; ``save`` writes all of
 them, so a saved encoder loads in transformers (``AutoModel``), sentence-transformers and retr alike.
 
-Encoding tokenizes everything once (fast tokenizer), sorts by *token* length so each batch pads to
-nearly nothing, runs under ``torch.inference_mode`` (fp16 autocast on CUDA) and returns float32 numpy.
+``encode`` tokenizes the texts of one call at once (fast tokenizer), sorts them by *token* length so each batch
+pads to nearly nothing, runs under ``torch.inference_mode`` (fp16 autocast on CUDA) and returns float32 numpy;
+its memory grows with the call, so corpora go through ``retr.retriever.encoding`` in blocks. Max lengths above
+the model's positions are clamped with a warning.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RETR_CONFIG = "retr_encoder.json"
 POOLINGS = ("mean", "cls", "last")
+ENCODE_BLOCK = 8192  # texts tokenised per call inside ``Encoder.encode``
 
 
 @dataclass
@@ -86,6 +89,16 @@ def read_encoder_config(model_dir: Path) -> dict[str, Any]:
     return out
 
 
+def position_limit(model: nn.Module, tokenizer: Any) -> int:
+    """Most tokens the model can take: its position embeddings, and the tokenizer's limit when that is set
+    (RoBERTa has 514 positions for 512 tokens; an unset tokenizer limit is a huge sentinel)."""
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 10**9
+    tok_limit = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    if 0 < tok_limit < 10**8:
+        positions = min(positions, tok_limit)
+    return positions if positions < 10**9 else 512
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     if how == "cls":
         return hidden[:, 0]
@@ -107,12 +120,18 @@ class Encoder(nn.Module):
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
         self.train(model.training)
         self.precision = "auto"  # inference autocast: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
-        limit = getattr(tokenizer, "model_max_length", 512) or 512
-        limit = min(int(limit), int(getattr(model.config, "max_position_embeddings", 512) or 512), 512)
-        if self.config.query_max_length is None:
-            self.config.query_max_length = limit
-        if self.config.passage_max_length is None:
-            self.config.passage_max_length = limit
+        positions = position_limit(model, tokenizer)
+        default = min(positions, 512)
+        for side in ("query_max_length", "passage_max_length"):
+            value = getattr(self.config, side)
+            if value is None:
+                setattr(self.config, side, default)
+            elif value < 1:
+                raise ValueError(f"{side.replace('_', '-')} must be at least 1, got {value}")
+            elif value > positions:
+                log.warning("--%s %d is more than the model's %d positions; using %d", side.replace("_", "-"), value,
+                            positions, positions)
+                setattr(self.config, side, positions)
 
     # ---------- loading / saving ----------
     @classmethod
@@ -182,9 +201,15 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def fingerprint(self) -> str:
-        """sha256 over parameter bytes and settings: changes whenever the weights or settings do."""
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+    def fingerprint(self, side: str | None = None) -> str:
+        """sha256 over parameter bytes and settings: changes whenever the weights or settings do.
+
+        ``side="passage"`` leaves out the query-only settings (prefix, max length), so what made a passage vector
+        has one fingerprint whatever the query settings; ``None`` covers every setting."""
+        settings = asdict(self.config)
+        if side == "passage":
+            settings = {k: v for k, v in settings.items() if not k.startswith("query_")}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name, p in sorted(self.model.state_dict().items()):
             h.update(name.encode())
             h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
@@ -212,33 +237,38 @@ class Encoder(nn.Module):
 
     # ---------- inference ----------
     def encode(self, texts: Sequence[str], is_query: bool = False, batch_size: int = 64,
-               show_progress: bool = False, desc: str | None = None) -> np.ndarray:
-        """Embed texts as float32 [n, dim], in input order."""
+               show_progress: bool = False, desc: str | None = None, block_size: int = ENCODE_BLOCK) -> np.ndarray:
+        """Embed texts as float32 [n, dim], in input order.
+
+        Texts are tokenised ``block_size`` at a time and sorted by token length inside each block, so memory
+        holds one block of tokens (~200 bytes per token) besides the [n, dim] output."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         prefix = self.config.query_prefix if is_query else self.config.passage_prefix
         max_len = self.config.query_max_length if is_query else self.config.passage_max_length
-        texts = [prefix + t for t in texts] if prefix else list(texts)
-        ids = self.tokenizer(texts, truncation=True, max_length=max_len, padding=False,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0
         device = self.device
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with inference(self, device, self.precision, len(texts), desc or ("queries" if is_query else "passages"),
                        show_progress, unit="text") as advance:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                width = len(ids[rows[0]])
-                input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-                mask = np.zeros((len(rows), width), dtype=np.int64)
-                for j, r in enumerate(rows):
-                    seq = ids[r]
-                    input_ids[j, : len(seq)] = seq
-                    mask[j, : len(seq)] = 1
-                emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
-                out[rows] = emb.float().cpu().numpy()
-                advance(len(rows))
+            for block_start in range(0, len(texts), block_size):
+                block = texts[block_start:block_start + block_size]
+                block = [prefix + t for t in block] if prefix else list(block)
+                ids = self.tokenizer(block, truncation=True, max_length=max_len, padding=False,
+                                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+                order = np.argsort([-len(x) for x in ids], kind="stable")
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    width = len(ids[rows[0]])
+                    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+                    mask = np.zeros((len(rows), width), dtype=np.int64)
+                    for j, r in enumerate(rows):
+                        seq = ids[r]
+                        input_ids[j, : len(seq)] = seq
+                        mask[j, : len(seq)] = 1
+                    emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
+                    out[block_start + rows] = emb.float().cpu().numpy()
+                    advance(len(rows))
         return out
 
 

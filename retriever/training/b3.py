@@ -47,7 +47,9 @@ class B3Config:
 
 def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096,
                       groups: np.ndarray | None = None) -> np.ndarray:
-    """[E, 2] edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i.
+    """[E, 2] int32 edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i.
+
+    Memory: the flat index of positives (n x dim floats), one search batch of ranks, and 8 bytes per edge.
 
     ``groups`` (e.g. query ids of (query, positive) pairs): examples of i's own group are not "other" examples
     either: another positive of the same query is no negative (training masks it), so it takes no rank."""
@@ -59,14 +61,17 @@ def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int
     depth = min(n, p + m + largest)
     index = faiss.IndexFlatIP(positives.shape[1])
     index.add(np.ascontiguousarray(positives, dtype=np.float32))
-    out = []
+    out = []  # one int32 [e, 2] array per search batch: 8 bytes per edge
     for s in range(0, n, batch):
         _, rows = index.search(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32), depth)
+        part = []
         for i, row in zip(range(s, s + len(rows)), rows):
             row = row[row >= 0]
             others = row[groups[row] != groups[i]][p:p + m]  # rank among the *other* examples' positives
-            out.append(np.stack([np.full(len(others), i), others], axis=1))
-    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
+            part.append(np.stack([np.full(len(others), i), others], axis=1).astype(np.int32))
+        if part:
+            out.append(np.concatenate(part))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int32)
 
 
 def _group_codes(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:
@@ -77,14 +82,20 @@ def _group_codes(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:
 
 
 def _csr(n: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric, de-duplicated adjacency in CSR form (xadj, adjncy), without self loops."""
+    """Symmetric, de-duplicated adjacency in CSR form (xadj, adjncy), without self loops.
+
+    Memory: each undirected edge becomes one int64 key ``i * n + j`` per direction, sorted in place (16 bytes per
+    mined edge), instead of unique rows of a [2E, 2] array, which costs several times that."""
     if len(edges) == 0:
         return np.zeros(n + 1, np.int64), np.zeros(0, np.int64)
-    both = np.concatenate([edges, edges[:, ::-1]])
-    both = np.unique(both[both[:, 0] != both[:, 1]], axis=0)
+    i, j = edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64)
+    keep = i != j
+    keys = np.concatenate([i[keep] * n + j[keep], j[keep] * n + i[keep]])
+    keys.sort()
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
     xadj = np.zeros(n + 1, np.int64)
-    np.add.at(xadj, both[:, 0] + 1, 1)
-    return np.cumsum(xadj), both[:, 1].copy()
+    np.cumsum(np.bincount(keys // n, minlength=n), out=xadj[1:])
+    return xadj, keys % n
 
 
 def _normalise_sizes(clusters: list[list[int]], k: int, rng: np.random.Generator) -> list[list[int]]:
@@ -116,11 +127,11 @@ def detect_communities(n: int, edges: np.ndarray, cfg: B3Config) -> list[list[in
         import pymetis
 
         opts = pymetis.Options(seed=cfg.seed)
-        membership = pymetis.part_graph(parts, xadj=xadj.tolist(), adjncy=adjncy.tolist(), options=opts).vertex_part
-        clusters: dict[int, list[int]] = {}
-        for i, c in enumerate(membership):
-            clusters.setdefault(int(c), []).append(i)
-        found = list(clusters.values())
+        graph = pymetis.CSRAdjacency(adj_starts=xadj, adjacent=adjncy)  # numpy arrays, no Python lists
+        membership = np.asarray(pymetis.part_graph(parts, graph, options=opts).vertex_part)
+        order = np.argsort(membership, kind="stable")
+        cuts = np.flatnonzero(np.diff(membership[order])) + 1
+        found = [part.tolist() for part in np.split(order, cuts)]
     elif cfg.algorithm == "leiden":
         import igraph as ig
         import leidenalg

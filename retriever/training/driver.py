@@ -10,7 +10,8 @@ from typing import Callable
 
 from ..data.beir import load_beir
 from ..data.contriever import ContrieverPairs, CropConfig, chunk_corpus, read_texts
-from ..data.training import TrainExample, as_pairs, examples_from_beir, read_tevatron
+from ..data.examples import BeirExamples, ConcatExamples
+from ..data.training import TrainExample, as_pairs, read_tevatron
 from ..losses.infonce import InfoNCELoss
 from ..losses.listwise import ListwiseSoftmaxLoss
 from ..losses.moco import MoCoLoss
@@ -37,23 +38,22 @@ def load_model(cfg: TrainConfig) -> DualEncoder | CrossEncoder:
     return DualEncoder.from_pretrained(cfg.model, separate=cfg.separate_towers, **overrides)
 
 
-def supervised_examples(cfg: TrainConfig) -> list[TrainExample]:
+def supervised_examples(cfg: TrainConfig):
+    """The training examples as a lazy sequence: per example, memory holds a byte offset (Tevatron JSONL) or a
+    query id and negative rows (BEIR + mined file), never the passages (see ``data/examples.py``)."""
     if not cfg.train_data:
         raise ValueError("no training data: pass --data (BEIR folder or Tevatron JSONL)")
-    negatives = None
-    if cfg.negatives_file:
-        negatives = {ex.query_id: [p.docid for p in ex.negatives] for ex in read_tevatron(cfg.negatives_file)}
-    examples: list[TrainExample] = []
+    parts = []
     for path in map(Path, cfg.train_data):
         if path.is_dir():
             ds = load_beir(path, cfg.train_split, allow_missing_docs=True)
-            examples += examples_from_beir(ds, negatives)
+            parts.append(BeirExamples(ds, cfg.negatives_file))
         else:
-            examples += read_tevatron(path)
+            parts.append(read_tevatron(path))
+    examples = ConcatExamples(parts)
     if cfg.pairs:
         examples = as_pairs(examples)
-    with_negs = sum(1 for e in examples if e.negatives)
-    log.info("%d training examples (%d with hard negatives)", len(examples), with_negs)
+    log.info("%d training examples", len(examples))
     return examples
 
 

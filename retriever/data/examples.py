@@ -1,0 +1,185 @@
+"""Training examples as lazy sequences, so 500k queries with tens of negatives each cost bytes per query, not
+their passages as Python objects.
+
+- ``TevatronFile``: one validating pass over a Tevatron JSONL keeps each example's byte offset, line and number
+  of positives (20 bytes per example); ``examples[i]`` seeks and parses that one line.
+- ``BeirExamples``: the judged queries of a BEIR split; positives come from the qrels and negatives (from a mined
+  file) are kept as corpus row numbers (4 bytes each); passages are read from the memory-mapped corpus on access.
+- ``ConcatExamples`` and ``PairExamples`` (one example per (query, positive)) index into the above.
+
+Every class is a ``Sequence[TrainExample]`` with ``positive_counts()``; collators, samplers and B3 only index
+and iterate. Iterating parses every example once (streamed: memory holds one at a time).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .beir import BeirDataset
+from .errors import DataError
+from .training import TrainExample, parse_tevatron_line
+
+
+class _Lazy(Sequence):
+    def __iter__(self) -> Iterator[TrainExample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def positive_counts(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TevatronFile(_Lazy):
+    """A Tevatron JSONL file, validated once, examples parsed on access."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(self.path, None, "training file not found")
+        offsets, lines, counts = [], [], []
+        pos = 0
+        with open(self.path, "rb") as fh:
+            for line_no, raw in enumerate(fh, 1):
+                start, pos = pos, pos + len(raw)
+                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw, start = raw[3:], start + 3
+                if not raw.strip():
+                    continue
+                ex = parse_tevatron_line(raw, self.path, line_no)
+                offsets.append(start)
+                lines.append(line_no)
+                counts.append(len(ex.positives))
+        if not offsets:
+            raise DataError(self.path, None, "no training examples")
+        self.offsets = np.asarray(offsets, np.int64)
+        self.lines = np.asarray(lines, np.int64)
+        self.counts = np.asarray(counts, np.int32)
+        self._fh = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> TrainExample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i = int(i) % len(self)
+        if self._fh is None:
+            self._fh = open(self.path, "rb")
+        self._fh.seek(int(self.offsets[i]))
+        return parse_tevatron_line(self._fh.readline(), self.path, int(self.lines[i]))
+
+    def positive_counts(self) -> np.ndarray:
+        return self.counts
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fh": None}
+
+
+class BeirExamples(_Lazy):
+    """The judged queries of a BEIR split with positives (grade > 0) that the corpus holds; optional mined
+    negatives as corpus rows (never a judged document)."""
+
+    def __init__(self, dataset: BeirDataset, negatives_file: str | Path | None = None):
+        self.dataset = dataset
+        corpus = dataset.corpus
+        qids, counts = [], []
+        for qid, judged in dataset.qrels.items():
+            if qid not in dataset.queries:
+                continue
+            n = sum(1 for d, g in judged.items() if g > 0 and d in corpus)
+            if n:
+                qids.append(qid)
+                counts.append(n)
+        self.qids = qids
+        self.counts = np.asarray(counts, np.int32)
+        self.neg_offsets = np.zeros(len(qids) + 1, np.int64)
+        self.neg_rows = np.zeros(0, np.int32)
+        if negatives_file is not None:
+            self._load_negatives(Path(negatives_file))
+
+    def _load_negatives(self, path: Path) -> None:
+        """Stream the mined file once; keep each known query's negatives as corpus rows."""
+        where = {q: i for i, q in enumerate(self.qids)}
+        per_query: list[np.ndarray | None] = [None] * len(self.qids)
+        corpus = self.dataset.corpus
+        for ex in TevatronFile(path):
+            i = where.get(ex.query_id)
+            if i is None:
+                continue
+            judged = self.dataset.qrels.get(ex.query_id, {})
+            ids = [p.docid for p in ex.negatives if p.docid and p.docid not in judged]
+            rows = corpus.rows_of(ids)
+            per_query[i] = rows[rows >= 0].astype(np.int32)
+        sizes = np.array([0 if r is None else len(r) for r in per_query], np.int64)
+        self.neg_offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.neg_rows = np.concatenate([r for r in per_query if r is not None] or [np.zeros(0, np.int32)])
+
+    def __len__(self) -> int:
+        return len(self.qids)
+
+    def __getitem__(self, i: int) -> TrainExample:
+        from .training import Passage
+
+        qid = self.qids[i]
+        corpus = self.dataset.corpus
+        judged = self.dataset.qrels[qid]
+        pos = [d for d, g in judged.items() if g > 0 and d in corpus]
+
+        def passage(row: int) -> Passage:
+            return Passage(corpus.ids[row], corpus.titles[row], corpus.texts[row])
+
+        negs = self.neg_rows[self.neg_offsets[i]:self.neg_offsets[i + 1]]
+        return TrainExample(qid, self.dataset.queries[qid], [passage(corpus.index_of(d)) for d in pos],
+                            [passage(int(r)) for r in negs])
+
+    def positive_counts(self) -> np.ndarray:
+        return self.counts
+
+
+class ConcatExamples(_Lazy):
+    def __init__(self, parts: Sequence[Sequence[TrainExample]]):
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> TrainExample:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.parts[part][int(i - self.offsets[part])]
+
+    def positive_counts(self) -> np.ndarray:
+        return np.concatenate([positive_counts(p) for p in self.parts]) if self.parts else np.zeros(0, np.int32)
+
+
+class PairExamples(_Lazy):
+    """One example per (query, positive) pair, each keeping the query's negatives (the unit B3 clusters)."""
+
+    def __init__(self, base: Sequence[TrainExample]):
+        counts = positive_counts(base)
+        self.base = base
+        self.example = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        self.positive = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else \
+            np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.example)
+
+    def __getitem__(self, i: int) -> TrainExample:
+        ex = self.base[int(self.example[i])]
+        return TrainExample(ex.query_id, ex.query, [ex.positives[int(self.positive[i])]], ex.negatives,
+                            ex.known_positives)
+
+    def positive_counts(self) -> np.ndarray:
+        return np.ones(len(self), np.int32)
+
+
+def positive_counts(examples: Sequence[TrainExample]) -> np.ndarray:
+    """Positives per example (lazy sequences know it without parsing)."""
+    if isinstance(examples, _Lazy):
+        return examples.positive_counts()
+    return np.asarray([len(e.positives) for e in examples], np.int32)

@@ -1,0 +1,87 @@
+"""Lazy training examples (Tevatron JSONL by byte offset, BEIR queries with negatives as corpus rows, pairs,
+concatenation) equal the eager lists they replace, and validate with file:line errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_beir
+from retr.retriever.data import DataError, load_beir
+from retr.retriever.data.examples import BeirExamples, ConcatExamples, PairExamples, TevatronFile
+from retr.retriever.data.training import examples_from_beir, write_tevatron
+
+
+def _tevatron(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+ROWS = [{"query_id": "a", "query": "first", "positive_passages": [{"docid": "p1", "title": "T", "text": "one"},
+                                                                   {"docid": "p2", "text": "two"}],
+         "negative_passages": [{"docid": "n1", "text": "neg"}]},
+        {"query": "second, no id", "positive_passages": ["plain string passage"]}]
+
+
+def test_tevatron_file_is_lazy_and_equal_to_the_lines(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n" + json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n")
+    ex = TevatronFile(path)
+    assert len(ex) == 2 and ex.lines.tolist() == [2, 4] and ex.positive_counts().tolist() == [2, 1]
+    assert ex[0].query_id == "a" and [p.docid for p in ex[0].positives] == ["p1", "p2"]
+    assert ex[0].positives[0].joined() == "T one" and ex[0].negatives[0].text == "neg"
+    assert ex[1].query_id == "4" and ex[1].positives[0].text == "plain string passage"  # id defaults to the line
+    assert ex[-1].query == "second, no id" and [e.query for e in ex] == ["first", "second, no id"]
+    with pytest.raises(IndexError):
+        ex[2]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().lstrip(b"\n"))
+    assert TevatronFile(bom)[1].query == "second, no id"
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"query": "q"}', 'field "positive_passages" is empty'),
+    ('{"positive_passages": ["x"]}', 'missing field "query"'),
+    ('{"query": "q", "positive_passages": [{"docid": "x"}]}', 'field "positive_passages[0].text" missing'),
+    ('{"query": "q", "positive_passages": [', "malformed JSON"),
+])
+def test_tevatron_errors_name_the_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=f"bad.jsonl:2: .*{message}".replace("[", r"\[")):
+        TevatronFile(path)
+
+
+def test_beir_examples_with_mined_negatives_equal_the_eager_examples(tmp_path):
+    ds = load_beir(write_beir(tmp_path / "d"), "test")
+    mined = {"q1": ["d5", "d1", "d7"], "q2": ["d4", "d6"], "q4": ["nope", "d2"]}  # d1/d4 are judged: dropped
+    neg_file = tmp_path / "mined.jsonl"
+    neg_file.write_text("".join(json.dumps({"query_id": q, "query": ds.queries[q], "positive_passages": ["x"],
+                                            "negative_passages": [{"docid": d, "text": "t"} for d in ds_negs]}) + "\n"
+                                for q, ds_negs in mined.items()))
+    lazy = BeirExamples(ds, neg_file)
+    eager = examples_from_beir(ds, mined)
+    assert [e.to_tevatron() for e in lazy] == [e.to_tevatron() for e in eager]
+    assert lazy[0].known_positives == eager[0].known_positives
+    assert lazy.positive_counts().tolist() == [len(e.positives) for e in eager]
+    assert lazy.neg_rows.dtype == np.int32
+
+
+def test_pairs_and_concat(tmp_path):
+    a = TevatronFile(_tevatron(tmp_path / "a.jsonl", ROWS))
+    b = TevatronFile(_tevatron(tmp_path / "b.jsonl", ROWS[:1]))
+    both = ConcatExamples([a, b])
+    assert len(both) == 3 and both[2].query == "first" and both[1].query == "second, no id"
+    pairs = PairExamples(both)
+    assert len(pairs) == 5
+    assert [(p.query_id, p.positives[0].text) for p in pairs] == [("a", "one"), ("a", "two"), ("2", "plain string passage"),
+                                                                   ("a", "one"), ("a", "two")]
+    assert pairs[1].known_positives == ["p1", "p2"] and pairs[1].negatives[0].docid == "n1"
+
+
+def test_write_then_read_round_trip(tmp_path):
+    ds = load_beir(write_beir(tmp_path / "d"), "test")
+    eager = examples_from_beir(ds, {"q1": ["d3"]})
+    assert write_tevatron(iter(eager), tmp_path / "out.jsonl") == len(eager)
+    assert [e.to_tevatron() for e in TevatronFile(tmp_path / "out.jsonl")] == [e.to_tevatron() for e in eager]
