@@ -1,11 +1,11 @@
 """Reading and writing FAISS index directories (``index.faiss`` + ``docids.json`` [+ ``vectors.npy``] +
 ``meta.json``), kept apart from ``FaissIndex`` so building and persistence evolve separately.
 
-``write_index_dir`` writes atomically (``atomic.atomic_dir``) and records the size and sha256 of each file
+``write_index_dir`` writes atomically (``atomic.atomic_dir``) and records the size and checksum (xxh3-128) of each file
 in ``meta.json`` (``"checksums"``); the index file is streamed through Python in 1 MiB chunks, so its
 checksum costs no second pass and a full disk raises an ``OSError`` carrying ENOSPC (turned into one line).
 ``read_index_dir`` refuses, in one line, anything that is not what was written: missing or resized files,
-checksum mismatches (the sha256 of every file unless memory-mapped; ``docids.json`` always), a
+checksum mismatches (every file unless memory-mapped; ``docids.json`` always), a
 ``meta.json`` of the wrong shape, counts or dims that disagree, non-string or duplicate ids. This is what
 ties ids to rows: a ``docids.json`` rotated by one is refused rather than answering with wrong ids.
 Directories written before checksums existed still load, with one warning. (Sizes only for ``vectors.npy``,
@@ -39,7 +39,7 @@ def write_index_dir(directory: Path, index: Any, docids: list[str], meta: dict[s
     """Write the directory atomically; returns the meta as written (with ``checksums``).
 
     ``docids.json`` and ``vectors.npy`` are streamed (memory-mapped vectors are never read whole).
-    ``vectors.npy`` gets its size recorded, not a sha256: it is always memory-mapped on load and read by rows,
+    ``vectors.npy`` gets its size recorded, not a checksum: it is always memory-mapped on load and read by rows,
     so hashing it on every load would read it whole; its header is checked against the index instead."""
     with atomic_dir(directory, kind="index") as tmp:
         sums = {INDEX_FILE: _write_faiss(index, tmp / INDEX_FILE)}

@@ -137,7 +137,7 @@ class PartialEmbeddings:
 
 
 def shard_checksums(directory: Path) -> dict[str, Any]:
-    """What ``load_shards`` verifies: the sha256 of ``docids.json`` (ties the ids to the rows) and the size of
+    """What ``load_shards`` verifies: the checksum of ``docids.json`` (ties the ids to the rows) and the size of
     ``embeddings.npy`` (memory-mapped when read, so not hashed)."""
     return {"docids.json": file_digest(directory / "docids.json"),
             EMBEDDINGS_FILE: {"bytes": (directory / EMBEDDINGS_FILE).stat().st_size}}

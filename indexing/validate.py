@@ -1,10 +1,13 @@
 """Checks that artifacts are what their writer wrote before anything reads them, each failing in one line.
 
-* Checksums: writers record the size and sha256 of each file in ``meta.json`` (``"checksums"``); readers
+* Checksums: writers record the size and a checksum of each file in ``meta.json`` (``"checksums"``); readers
   compare. For an index this is what ties ``docids.json`` to the rows of ``index.faiss``: a docids file
   rotated by one, or an index file swapped for another, no longer matches, so a search can never answer
-  with the wrong ids. Sizes are always checked (catches truncation even with ``--mmap``); the sha256 of a
-  large file only when it is read in full anyway (not memory-mapped).
+  with the wrong ids. Sizes are always checked (catches truncation even with ``--mmap``); the checksum of a
+  large file only when it is read in full anyway (not memory-mapped). The checksum is xxh3-128 (``xxhash``,
+  ~6.5 GB/s here: verifying a 1.5 GB index adds ~0.3 s, sha256 added 2.2 s); it detects damage and mix-ups,
+  not deliberate forgery (whoever can edit the files can edit ``meta.json`` too). ``sha256`` entries are
+  verified as such.
 * Shapes: ``meta.json`` of the wrong JSON type (a list, ``"encoder": "tiny"``) is refused by field.
 * safetensors: the header says how many bytes of tensors follow; a truncated file (or one with extra
   bytes) is caught from the header alone, naming the file.
@@ -25,14 +28,27 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
-def file_digest(path: str | os.PathLike) -> dict[str, Any]:
-    h = hashlib.sha256()
+def _new_hash(algo: str | None = None) -> tuple[str, Any]:
+    """(name, hash object): xxh3-128 when ``xxhash`` is installed (a dependency), else sha256."""
+    if algo in (None, "xxh3_128"):
+        try:
+            import xxhash
+
+            return "xxh3_128", xxhash.xxh3_128()
+        except ImportError:
+            if algo is not None:
+                raise
+    return "sha256", hashlib.sha256()
+
+
+def file_digest(path: str | os.PathLike, algo: str | None = None) -> dict[str, Any]:
+    name, h = _new_hash(algo)
     size = 0
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             h.update(chunk)
             size += len(chunk)
-    return {"bytes": size, "sha256": h.hexdigest()}
+    return {"bytes": size, name: h.hexdigest()}
 
 
 class HashingWriter:
@@ -41,7 +57,7 @@ class HashingWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.fh = open(path, "wb")
-        self.h = hashlib.sha256()
+        self.algo, self.h = _new_hash()
         self.size = 0
 
     def write(self, data: bytes) -> int:
@@ -56,7 +72,7 @@ class HashingWriter:
     def close(self) -> dict[str, Any]:
         self.fh.flush()
         self.fh.close()
-        return {"bytes": self.size, "sha256": self.h.hexdigest()}
+        return {"bytes": self.size, self.algo: self.h.hexdigest()}
 
 
 def checksums(directory: str | os.PathLike, names: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -66,7 +82,8 @@ def checksums(directory: str | os.PathLike, names: Iterable[str]) -> dict[str, d
 
 def verify_files(directory: str | os.PathLike, expected: dict[str, Any], full: Iterable[str] = (),
                  record: str = "meta.json") -> None:
-    """Compare files with the checksums a writer recorded in ``record``: sizes of all, sha256 of those in ``full``."""
+    """Compare files with the checksums a writer recorded in ``record``: sizes of all, content checksums of those
+    in ``full``."""
     directory = Path(directory)
     if not isinstance(expected, dict):
         raise ArtifactError(f"{directory / record}: checksums must be a JSON object")
@@ -80,17 +97,10 @@ def verify_files(directory: str | os.PathLike, expected: dict[str, Any], full: I
         size = path.stat().st_size
         if size != want["bytes"]:
             raise ArtifactError(f"{path}: {size:,} bytes, but {want['bytes']:,} were written (truncated or replaced)")
-        if name in full and want.get("sha256") and file_digest(path)["sha256"] != want["sha256"]:
+        algo = next((a for a in ("xxh3_128", "sha256") if want.get(a)), None)
+        if name in full and algo and file_digest(path, algo)[algo] != want[algo]:
             raise ArtifactError(f"{path}: checksum differs from the one in {record} (changed after it was written)")
 
-
-def ids_digest(ids: list[str]) -> str:
-    """sha256 of an id list in order (the row order of the index)."""
-    h = hashlib.sha256()
-    for d in ids:
-        h.update(d.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 # ---------- meta.json shapes ----------
@@ -124,7 +134,7 @@ def _json_type(v: Any) -> str:
 
 INDEX_META = {"format_version": "integer", "index_type": "string", "factory": "string", "metric": "string",
               "dim": "integer", "count": "integer", "params": "object", "encoder": "object", "corpus": "object",
-              "checksums": "object", "has_vectors": "boolean", "docids_sha256": "string"}
+              "checksums": "object", "has_vectors": "boolean"}
 ENCODER_META = {"model": "string", "model_path": "string", "dim": "integer", "pooling": "string",
                 "normalize": "boolean", "query_prefix": "string", "passage_prefix": "string",
                 "query_max_length": "integer", "passage_max_length": "integer", "passage_fingerprint": "string"}

@@ -3,7 +3,7 @@ moments, task state such as the MoCo queue and key encoder, RNG states) in safet
 Each checkpoint directory is written atomically (temp dir, then rename), so the latest complete one is
 always loadable and a killed run loses at most ``save_steps`` steps.
 
-Each checkpoint carries ``manifest.json`` (size and sha256 of every file). ``--resume`` verifies a checkpoint
+Each checkpoint carries ``manifest.json`` (size and xxh3-128 checksum of every file). ``--resume`` verifies a checkpoint
 before loading anything from it, and when the newest one is damaged (truncated or missing file, changed
 bytes) it warns and falls back to the previous intact one. Temp dirs of runs killed while saving
 (``.step-N.tmp-*``) are removed at the next save, under the lock of the checkpoints directory."""
