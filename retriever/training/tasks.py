@@ -73,10 +73,10 @@ class RerankTask(nn.Module):
         return {"pairs": batch["pairs"]}
 
     def extras(self, batch: dict[str, Any], model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
-        return {}
+        return {"negative_mask": batch["negative_mask"].to(device)} if "negative_mask" in batch else {}
 
     def compute_loss(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss(reps["pairs"])
+        return self.loss(reps["pairs"], extras.get("negative_mask"))
 
     def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
         pass
