@@ -75,7 +75,10 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         fingerprint = _fingerprint(c.tobytes() for c in chunks)
         collate = CropPairCollator(pairs, tok.pad_token_id or 0)
         if cfg.moco:
-            task = MoCoTask(MoCoLoss(model.dim, cfg.queue_size, cfg.temperature, cfg.similarity), model, cfg.momentum)
+            # under GradCache, keys and the loss's logits are computed chunk by chunk too (memory of one chunk)
+            loss = MoCoLoss(model.dim, cfg.queue_size, cfg.temperature, cfg.similarity,
+                            row_chunk=cfg.gc_query_chunk if cfg.grad_cache else None)
+            task = MoCoTask(loss, model, cfg.momentum, key_chunk=cfg.gc_passage_chunk if cfg.grad_cache else None)
         else:
             task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
         n = len(pairs)
