@@ -55,7 +55,14 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+def restore_rng(tensors: dict[str, torch.Tensor], rank: int = 0) -> None:
+    """Restore this rank's RNG states: keys ``rank{r}.*`` (DDP ranks > 0), else the plain ones (rank 0; and
+    checkpoints written before RNG states were kept per rank)."""
+    prefix = f"rank{rank}."
+    if rank and any(k.startswith(prefix) for k in tensors):
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    else:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("rank")}
     torch.set_rng_state(tensors["cpu"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available():
@@ -63,7 +70,9 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, task: torch.nn.Module, optimizer, state: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    keep: int = 2, rank_rngs: list[dict[str, torch.Tensor]] | None = None) -> Path:
+    """``rank_rngs``: every rank's ``rng_tensors()`` (DDP: each rank draws its own dropout masks, so each needs its
+    own RNG back on resume); rank 0's are stored under the plain keys, rank r's as ``rank{r}.*``."""
     final = root / f"step-{step}"
     with atomic_dir(final) as tmp:
         model.save(tmp / "model")
@@ -71,7 +80,11 @@ def save_checkpoint(root: Path, step: int, model, task: torch.nn.Module, optimiz
         save_file(task_state, str(tmp / "task.safetensors"))
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(rng_tensors(), str(tmp / "rng.safetensors"))
+        rngs = rank_rngs or [rng_tensors()]
+        flat = dict(rngs[0])
+        for r, states in enumerate(rngs[1:], 1):
+            flat.update({f"rank{r}.{k}": v for k, v in states.items()})
+        save_file({k: v.contiguous() for k, v in flat.items()}, str(tmp / "rng.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -86,7 +99,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer) -> dict[str, Any]:
+def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer, rank: int = 0) -> dict[str, Any]:
     """Restore model, task, optimizer and RNG in place; return the trainer state (step, epoch, ...)."""
     for name in ("model", "task.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"):
         if not (path / name).exists():
@@ -99,5 +112,5 @@ def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer) -> dict
         raise ArtifactError(f"{path}/task.safetensors: unexpected entries {unexpected[:3]} (different training mode?)")
     state = read_json(path / "trainer_state.json")
     optimizer_from_flat(optimizer, load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
-    restore_rng(load_file(str(path / "rng.safetensors")))
+    restore_rng(load_file(str(path / "rng.safetensors")), rank)
     return state
