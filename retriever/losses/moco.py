@@ -2,6 +2,10 @@
 momentum-updated copy (no gradient), negatives from a FIFO queue of past keys (and, by default, the other
 keys of the batch). The queue is a buffer, so it is saved and restored with checkpoints.
 
+The queue starts empty (``queue_init="empty"``, retr's: the first steps see only the keys queued so far) or
+full of random unit vectors (``"random"``, Contriever's ``src/moco.py``: every step sees ``queue_size``
+negatives, the random ones pushed out by real keys first in, first out).
+
 Memory: the logits are [B, B + queue] (270 MB per copy at B = 512 and a 131072-key queue, and the loss keeps
 several copies for backward). ``row_chunk`` computes the loss over ``row_chunk`` queries at a time under
 activation checkpointing, so only one chunk's logits are alive (forward and backward) and the loss's memory
@@ -15,11 +19,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+QUEUE_INITS = ("random", "empty")
+
 
 class MoCoLoss(nn.Module):
     def __init__(self, dim: int, queue_size: int = 131072, temperature: float = 0.05, similarity: str = "dot",
-                 in_batch_negatives: bool = True, row_chunk: int | None = None):
+                 in_batch_negatives: bool = True, row_chunk: int | None = None, queue_init: str = "empty",
+                 seed: int = 0):
         super().__init__()
+        if queue_init not in QUEUE_INITS:
+            raise ValueError(f"queue_init must be one of {', '.join(QUEUE_INITS)}, got {queue_init!r}")
         if row_chunk is not None and row_chunk < 1:
             raise ValueError(f"row_chunk must be >= 1, got {row_chunk}")
         self.row_chunk = row_chunk
@@ -31,6 +40,10 @@ class MoCoLoss(nn.Module):
         self.register_buffer("queue", torch.zeros(queue_size, dim))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
+        if queue_init == "random":  # Contriever (src/moco.py): a full queue of random unit vectors from step 1
+            g = torch.Generator().manual_seed(seed)  # not the global RNG: identical on every DDP rank
+            self.queue.copy_(F.normalize(torch.randn(queue_size, dim, generator=g), dim=-1))
+            self.queue_len.fill_(queue_size)
 
     def _sim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.similarity == "cos":
