@@ -163,6 +163,11 @@ def test_train_cli_contriever_options(tiny_model_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     code, _, err = run_cli(args + ["-o", tmp_path / "x", "--chunking", "sentence"], capsys)
     assert code == 2 and "chunking must be stream or document" in err
+    code, _, err = run_cli(args + ["-o", tmp_path / "x", "--queue-init", "zeros"], capsys)
+    assert code == 2 and "queue_init must be random or empty" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(args + ["-o", tmp_path / "x", "--token-cache", tmp_path / "file"], capsys)
+    assert code == 2 and "is not a directory" in err and "Traceback" not in err
 
 
 def test_chunking_choice_reaches_the_crops(tiny_model_dir, tmp_path):

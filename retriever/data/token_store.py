@@ -113,7 +113,10 @@ def cached_store(blocks_fn, fingerprints: list[str], tokenizer: Any, cache_dir: 
     ``cache_dir/<key>`` if built before, else built there from ``blocks_fn()`` (an iterator of text blocks)."""
     parts = {"format": FORMAT, "corpus": fingerprints, "tokenizer": tokenizer_fingerprint(tokenizer), "sep": sep}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    directory = Path(cache_dir or default_cache_dir()) / key
+    root = Path(cache_dir or default_cache_dir())
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"token cache {root} is not a directory")
+    directory = root / key
     if (directory / META).exists():
         log.info("reusing token store %s", directory)
         return TokenStore.open(directory)
