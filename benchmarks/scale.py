@@ -133,6 +133,24 @@ print("examples", len(examples), "batches", len(sampler))
 """
 
 
+SNIPPET_TOKENS = """
+import sys, time
+import numpy as np
+from transformers import AutoTokenizer
+from retr.retriever.data.contriever import ContrieverPairs, CropConfig, corpus_tokens, make_chunks
+data, model, cache = sys.argv[1:4]
+tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+store = corpus_tokens([data], tok, cache)  # tokenise once into the memmapped token stream
+for chunking in ("stream", "document"):
+    pairs = ContrieverPairs(make_chunks(store, chunking, CropConfig()), tok.cls_token_id, tok.sep_token_id)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for i in rng.integers(0, len(pairs), size=20_000):  # what an epoch's batches read, sampled
+        pairs[int(i)]
+    print(chunking, len(pairs), "chunks", round(time.perf_counter() - t0, 1), "s for 20k pairs")
+"""
+
+
 SNIPPET_TEVATRON = """
 import sys, time
 from retr.retriever.data.examples import TevatronFile
@@ -180,16 +198,18 @@ def stages(data: Path, work: Path, model: str, retr: str, py: str, n: int, only:
                                            str(work / "idx-ivfpq"), "-t", "ivfpq", "--pq-m", "48"], work / "idx-ivfpq"),
         ("retr index flat (encode+build)", [retr, "index", "-m", model, "-d", str(data), "-o", str(work / "idx-e2e"),
                                             "-t", "flat", *enc], work / "idx-e2e"),
-        ("retr eval (flat index)", [retr, "eval", "-d", str(data), "-i", str(work / "idx-e2e"), "--k", "1000",
+        ("retr eval (flat index)", [retr, "eval", "-d", str(data), "-i", str(work / "idx-flat"), "--k", "1000",
                                     "-o", str(work / "eval-flat.json"), "--run", str(work / "flat.trec")], None),
         ("retr eval (ivfpq index)", [retr, "eval", "-d", str(data), "-i", str(work / "idx-ivfpq"), "-m", model,
                                      *enc, "--k", "1000", "-o", str(work / "eval-ivfpq.json")], None),
         ("retr mine (dense, n/10 queries)", [retr, "mine", "-d", str(data), "--split", "train", "--teacher", model,
-                                             "-i", str(work / "idx-e2e"), *enc, "-o", str(work / "mined.jsonl")], None),
+                                             "-i", str(work / "idx-flat"), *enc, "-o", str(work / "mined.jsonl")], None),
         ("B3 mining (0.3 n examples)", [py, "-c", SNIPPET_B3, str(data), model, str(work / "b3cache")], None),
         ("retr index --bm25", [retr, "index", "--bm25", "-d", str(data), "-o", str(work / "bm25")], work / "bm25"),
         ("retr mine (bm25, n/10 queries)", [retr, "mine", "-d", str(data), "--split", "train", "--teacher", "bm25",
                                             "-i", str(work / "bm25"), "-o", str(work / "mined-bm25.jsonl")], None),
+        ("Contriever tokens + chunks", [py, "-c", SNIPPET_TOKENS, str(data), model, str(work / "tokens")],
+         work / "tokens"),
         ("Tevatron JSONL (n/2 x 20 negatives)", [py, "-c", SNIPPET_TEVATRON, str(work / "tevatron.jsonl")], None),
     ]
     for name, cmd, out in all_stages:

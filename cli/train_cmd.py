@@ -62,8 +62,20 @@ def train_command(
     moco: Annotated[Optional[bool], Opt("--moco/--in-batch", help="Unsupervised: MoCo queue + momentum key encoder, "
                                         "or in-batch negatives only.", show_default=False)] = None,
     queue_size: Annotated[Optional[int], Opt("--queue-size", help="MoCo queue length (keys).")] = None,
+    queue_init: Annotated[Optional[str], Opt("--queue-init", help="MoCo queue at the start: random (Contriever's: "
+                                             "full of random unit vectors, every step sees --queue-size negatives) | "
+                                             "empty (retr's: fills with real keys as training goes).")] = None,
     momentum: Annotated[Optional[float], Opt("--momentum", help="MoCo key-encoder momentum.")] = None,
     chunk_length: Annotated[Optional[int], Opt("--chunk-length", help="Unsupervised: tokens per corpus chunk.")] = None,
+    chunking: Annotated[Optional[str], Opt("--chunking", help="Unsupervised: stream (Contriever's: the corpus as one "
+                                           "token stream, full chunks across document boundaries, random offset per "
+                                           "epoch) | document (retr's: chunks cut per document, never across two).")] = None,
+    token_cache: Annotated[Optional[Path], Opt("--token-cache", help="Unsupervised: where the tokenised corpus is "
+                                               "cached (default ~/.cache/retr/tokens).")] = None,
+    normalize: Annotated[Optional[bool], Opt("--normalize/--no-normalize", help="L2-normalise embeddings, in training "
+                                             "and in the saved model: --normalize = cosine (retr's init-model default), "
+                                             "--no-normalize = raw dot product (Contriever's). Default: the model's "
+                                             "setting.", show_default=False)] = None,
     ratio_min: Annotated[Optional[float], Opt("--ratio-min", help="Unsupervised: min crop length / chunk length.")] = None,
     ratio_max: Annotated[Optional[float], Opt("--ratio-max", help="Unsupervised: max crop length / chunk length.")] = None,
     deletion_prob: Annotated[Optional[float], Opt("--deletion-prob", help="Unsupervised: per-token deletion probability.")] = None,
@@ -106,6 +118,8 @@ def train_command(
                  weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
                  temperature=temperature, learnable_temperature=learnable_temperature, symmetric=symmetric,
                  similarity=similarity, moco=moco, queue_size=queue_size, momentum=momentum, chunk_length=chunk_length,
+                 queue_init=queue_init, chunking=chunking, token_cache=str(token_cache) if token_cache else None,
+                 normalize=normalize,
                  ratio_min=ratio_min, ratio_max=ratio_max, deletion_prob=deletion_prob, grad_cache=grad_cache, gather_negatives=gather_negatives,
                  gc_query_chunk=gc_query_chunk, gc_passage_chunk=gc_passage_chunk, precision=precision, seed=seed,
                  save_steps=save_steps, logging_steps=logging_steps, eval_data=str(eval_data) if eval_data else None,

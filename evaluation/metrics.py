@@ -1,8 +1,14 @@
-"""BEIR's metrics, computed by ir-measures (which runs pytrec_eval underneath), never by hand.
+"""BEIR's metrics, computed by pytrec_eval (through ir-measures' pytrec_eval provider), never by hand.
 
 Names follow BEIR's output (``nDCG@10``, ``Recall@100``, ``MAP@100``, ``MRR@10``, ``P@10``); the mean is
 over every judged query of the split (a judged query with no retrieved documents scores 0, where BEIR
 would silently drop it; retr always returns results, so the numbers agree).
+
+One tie order for every metric: trec_eval's (score descending, then docid descending), which pytrec_eval
+applies to the whole run. ir-measures would send ``RR@k`` to its ``msmarco`` provider, which breaks ties by
+docid *ascending* (so with tied scores MRR@10 disagreed with MAP on a single-relevant query), and its
+pytrec_eval provider does not support a cutoff on RR (it returns wrong values). So ``MRR@k`` is pytrec_eval's
+``recip_rank`` on the run cut to its top k in trec_eval's order, the cut trec_eval itself would make.
 """
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from typing import Iterable, Mapping
 
 import ir_measures
 from ir_measures import AP, RR, R, nDCG, P
+
+from retr.retriever.hits import trec_sorted
 
 DEFAULT_METRICS = ("nDCG@1", "nDCG@3", "nDCG@5", "nDCG@10", "nDCG@100",
                    "Recall@10", "Recall@100", "Recall@1000", "MAP@100", "MRR@10")
@@ -24,16 +32,35 @@ def _measure(name: str):
     return _FAMILIES[family] @ int(cutoff)
 
 
+def _pytrec_eval():
+    return ir_measures.providers.registry["pytrec_eval"]
+
+
+def top_k_trec_order(run: Mapping[str, Mapping[str, float]], k: int) -> dict[str, dict[str, float]]:
+    """Each query's top ``k`` documents, cut in trec_eval's order (ties at the cut: larger docid first)."""
+    return {q: dict(trec_sorted(docs.items())[:k]) for q, docs in run.items()}
+
+
 def per_query_metrics(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
                       metrics: Iterable[str] = DEFAULT_METRICS) -> dict[str, dict[str, float]]:
     """{qid: {metric: value}} for every judged query (missing -> 0)."""
     metrics = list(metrics)
-    measures = {str(_measure(m)): m for m in metrics}
+    for m in metrics:
+        _measure(m)
     qrels = {q: dict(d) for q, d in qrels.items() if d}
     run = {q: dict(d) for q, d in run.items() if q in qrels and d}
     out = {q: {m: 0.0 for m in metrics} for q in qrels}
-    for row in ir_measures.iter_calc([_measure(m) for m in metrics], qrels, run):
-        out[row.query_id][measures[str(row.measure)]] = float(row.value)
+    provider = _pytrec_eval()
+    plain = [m for m in metrics if not m.startswith("MRR@")]
+    names = {str(_measure(m)): m for m in plain}
+    if plain:
+        for row in provider.iter_calc([_measure(m) for m in plain], qrels, run):
+            out[row.query_id][names[str(row.measure)]] = float(row.value)
+    for m in metrics:
+        if m.startswith("MRR@"):
+            cut = top_k_trec_order(run, int(m.partition("@")[2]))
+            for row in provider.iter_calc([RR], qrels, cut):
+                out[row.query_id][m] = float(row.value)
     return out
 
 

@@ -15,7 +15,7 @@ from retr.indexing.atomic import check_built_from
 from retr.indexing.lucene import build_lucene_index, open_lucene_searcher
 
 from .data.beir import Corpus
-from .hits import Hit, Run
+from .hits import Hit, Run, break_ties
 
 log = logging.getLogger(__name__)
 TEMP_PREFIX = "retr-bm25-"
@@ -76,11 +76,11 @@ class BM25Retriever:
             tmp.cleanup()
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
-        return [Hit(h.docid, float(h.score), i + 1) for i, h in enumerate(self.searcher.search(query, k))]
+        return break_ties([Hit(h.docid, float(h.score), 0) for h in self.searcher.search(query, k)])
 
     def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 0) -> Run:
         if len(queries) != len(qids):
             raise ValueError(f"{len(queries)} queries but {len(qids)} qids")
         threads = threads if threads and threads > 0 else (os.cpu_count() or 1)
         out = self.searcher.batch_search(list(queries), list(qids), k=k, threads=threads)
-        return {q: [Hit(h.docid, float(h.score), i + 1) for i, h in enumerate(out.get(q, []))] for q in qids}
+        return {q: break_ties([Hit(h.docid, float(h.score), 0) for h in out.get(q, [])]) for q in qids}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .hits import Hit, Run
+from .hits import Hit, Run, trec_sorted
 
 
 def rrf(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
@@ -34,7 +34,7 @@ def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | Non
 
 
 def _to_run(scores: dict[str, dict[str, float]]) -> Run:
-    return {qid: [Hit(d, s, r + 1) for r, (d, s) in enumerate(sorted(docs.items(), key=lambda x: (-x[1], x[0])))]
+    return {qid: [Hit(d, s, r + 1) for r, (d, s) in enumerate(trec_sorted(docs.items()))]
             for qid, docs in scores.items()}
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .data.beir import Corpus
-from .hits import Hit, Run
+from .hits import Hit, Run, trec_sorted
 from .hybrid import weighted_sum
 from .modeling.cross_encoder import CrossEncoder
 
@@ -46,7 +46,8 @@ class Reranker:
     def rank(self, query: str, docs: Sequence[str], doc_ids: Sequence[str] | None = None) -> RankedResults:
         ids = list(doc_ids) if doc_ids is not None else [str(i) for i in range(len(docs))]
         scores = self.model.score([query] * len(docs), list(docs), batch_size=self.batch_size)
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], ids[i]))
+        # trec_eval's order (score desc, ties by docid desc), as ``trec_sorted``; ids may repeat here
+        order = sorted(sorted(range(len(docs)), key=lambda i: ids[i], reverse=True), key=lambda i: -float(scores[i]))
         return RankedResults(query, [RankedResult(ids[i], float(scores[i]), r + 1, docs[i]) for r, i in enumerate(order)])
 
     def rerank_run(self, queries: dict[str, str], run: Run, corpus: Corpus, top_k: int = 100,
@@ -82,7 +83,7 @@ def merge_reranked(run: Run, scores: dict[str, dict[str, float]], top_k: int, al
         by_query = {q: [(h.docid, h.score) for h in hits] for q, hits in fused.items()}
     out: Run = {}
     for qid, hits in run.items():
-        head = sorted(by_query.get(qid, []), key=lambda x: (-x[1], x[0]))
+        head = trec_sorted(by_query.get(qid, []))
         floor = min((s for _, s in head), default=0.0)
         tail = [(h.docid, floor - 1.0 - i) for i, h in enumerate(hits[top_k:])]
         out[qid] = [Hit(d, s, r + 1) for r, (d, s) in enumerate(head + tail)]

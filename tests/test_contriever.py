@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retr.retriever.data.contriever import ContrieverPairs, CropConfig, chunk_corpus, delete_words, random_crop
+from retr.retriever.data.contriever import ContrieverPairs, CropConfig, delete_words, random_crop
 
 
 def test_crop_lengths_within_bounds_and_contiguous():
@@ -49,10 +49,15 @@ def test_same_seed_same_epoch_same_pairs_and_epochs_differ():
     assert [a[i] for i in range(20)] != [b[i] for i in range(20)]
 
 
-def test_chunking_per_document(tiny_model_dir):
+def test_chunking_per_document(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
+
+    from retr.retriever.data.contriever import DocumentChunks
+    from retr.retriever.data.token_store import TokenStore
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = ["word " * 50, "short", "other " * 30]
-    chunks = chunk_corpus(texts, tok, CropConfig(chunk_length=20, min_chunk_tokens=5))
-    assert [len(c) for c in chunks] == [20, 20, 10, 20, 10]  # "short" (1 token) dropped; no chunk spans two docs
+    store = TokenStore.build([texts], tok, tmp_path / "store")
+    chunks = DocumentChunks(store.tokens, store.offsets, 20, min_tokens=5)
+    # "short" (1 token) dropped; no chunk spans two docs
+    assert [len(chunks.get(i, 0)) for i in range(len(chunks))] == [20, 20, 10, 20, 10]

@@ -84,9 +84,10 @@ def test_distributed_encoding_equals_one_process(tmp_path, tiny_model_dir, tiny_
     assert a.search(single[:4], 5)[1] == b.search(single[:4], 5)[1]
 
 
-def test_checkpoint_and_resume_with_two_ranks(tmp_path, nodrop_dir, tiny_beir):
+def test_checkpoint_and_resume_with_two_ranks(tmp_path, tiny_model_dir, tiny_beir):
+    """With dropout on: each rank resumes its own RNG stream (saved per rank), so the weights match exactly."""
     def train(out: Path, extra=()):
-        return torchrun(["-m", "retr.cli.main", "train", "-o", str(out), "-m", str(nodrop_dir), "-d", str(tiny_beir),
+        return torchrun(["-m", "retr.cli.main", "train", "-o", str(out), "-m", str(tiny_model_dir), "-d", str(tiny_beir),
                          "--split", "test", "--batch-size", "4", "--max-steps", "6", "--save-steps", "3", "--lr", "1e-3",
                          "--seed", "2", *extra])
 

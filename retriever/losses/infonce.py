@@ -9,7 +9,8 @@ Known false negatives can be masked: ``passage_keys`` [P] (an integer id per pas
 and ``positive_keys`` [Q, K] (the ids of every judged positive of each query, padded with -1) remove from a
 query's negatives any in-batch passage judged relevant to it. On NFCorpus (~43 judged documents per query,
 shared across related queries) random in-batch "negatives" are often judged positives of the query, and B3
-clusters put related queries together on purpose; without the mask the loss pushes them away.
+clusters put related queries together on purpose; without the mask the loss pushes them away. The mask applies in both directions: with ``symmetric``,
+a query that has passage i among its judged positives is no negative of passage i either.
 """
 from __future__ import annotations
 
@@ -47,19 +48,31 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, positive_keys: torch.Tensor | None = None,
                 passage_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """``q`` [Q, d], ``p`` [Q * G, d] grouped per query; optional ``positive_keys`` [Q, K] (-1 = padding) and
+        ``passage_keys`` [Q * G]. Returns the mean loss (of both directions when ``symmetric``)."""
         if p.size(0) % q.size(0):
             raise ValueError(f"{p.size(0)} passages is not a multiple of {q.size(0)} queries")
         group = p.size(0) // q.size(0)
         scores = self.scores(q.float(), p.float())
         target = torch.arange(q.size(0), device=q.device) * group
+        mask = None
         if positive_keys is not None and passage_keys is not None:
-            known = (positive_keys[:, :, None] == passage_keys[None, None, :]) & (positive_keys[:, :, None] >= 0)
-            mask = known.any(1)
-            mask[torch.arange(q.size(0), device=q.device), target] = False
+            mask = known_positive_mask(positive_keys, passage_keys, target)
             scores = scores.masked_fill(mask, float("-inf"))
         loss = F.cross_entropy(scores, target)
         if self.symmetric:
+            # passage -> query over the positives: query j is no negative for passage i if i is a known positive of j
             pos = p[::group]
             back = self.scores(pos.float(), q.float())
+            if mask is not None:
+                back = back.masked_fill(mask[:, ::group].T, float("-inf"))
             loss = (loss + F.cross_entropy(back, torch.arange(q.size(0), device=q.device))) / 2
         return loss
+
+
+def known_positive_mask(positive_keys: torch.Tensor, passage_keys: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[Q, P] bool, True where passage p is a judged positive of query q other than q's own target passage."""
+    known = (positive_keys[:, :, None] == passage_keys[None, None, :]) & (positive_keys[:, :, None] >= 0)
+    mask = known.any(1)
+    mask[torch.arange(positive_keys.size(0), device=mask.device), target] = False
+    return mask

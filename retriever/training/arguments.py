@@ -37,6 +37,8 @@ class TrainConfig:
     eval_data: str | None = None  # BEIR folder evaluated every eval_steps
     eval_split: str = "test"
     # Contriever crops (unsupervised)
+    chunking: str = "document"  # stream (Contriever's: one token stream across documents) | document (retr's)
+    token_cache: str | None = None  # tokenised corpora (default: ~/.cache/retr/tokens)
     chunk_length: int = 256
     ratio_min: float = 0.1
     ratio_max: float = 0.5
@@ -62,6 +64,7 @@ class TrainConfig:
     moco: bool = True
     queue_size: int = 131072
     momentum: float = 0.9995
+    queue_init: str = "empty"  # random (Contriever's: random unit vectors) | empty (retr's)
     gather_negatives: bool = True  # DDP: every query sees every rank's passages (off: local negatives only)
     # GradCache
     grad_cache: bool = False
@@ -82,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         if self.batching not in ("random", "b3"):
             raise ValueError(f"batching must be random or b3, got {self.batching!r}")
+        if self.chunking not in ("stream", "document"):
+            raise ValueError(f"chunking must be stream or document, got {self.chunking!r}")
+        if self.queue_init not in ("random", "empty"):
+            raise ValueError(f"queue_init must be random or empty, got {self.queue_init!r}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
 

@@ -64,7 +64,14 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+def restore_rng(tensors: dict[str, torch.Tensor], rank: int = 0) -> None:
+    """Restore this rank's RNG states: keys ``rank{r}.*`` (DDP ranks > 0), else the plain ones (rank 0; and
+    checkpoints written before RNG states were kept per rank)."""
+    prefix = f"rank{rank}."
+    if rank and any(k.startswith(prefix) for k in tensors):
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    else:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("rank")}
     torch.set_rng_state(tensors["cpu"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available():
@@ -72,7 +79,9 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, task: torch.nn.Module, optimizer, state: dict[str, Any],
-                    keep: int = 2) -> Path:
+                    keep: int = 2, rank_rngs: list[dict[str, torch.Tensor]] | None = None) -> Path:
+    """``rank_rngs``: every rank's ``rng_tensors()`` (DDP: each rank draws its own dropout masks, so each needs its
+    own RNG back on resume); rank 0's are stored under the plain keys, rank r's as ``rank{r}.*``."""
     final = root / f"step-{step}"
     root.mkdir(parents=True, exist_ok=True)
     with locks.output_lock(root):  # one lock for the whole checkpoints/ folder, not one file per step
@@ -85,7 +94,11 @@ def save_checkpoint(root: Path, step: int, model, task: torch.nn.Module, optimiz
             save_file(task_state, str(tmp / "task.safetensors"))
             opt_tensors, opt_meta = optimizer_to_flat(optimizer)
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-            save_file(rng_tensors(), str(tmp / "rng.safetensors"))
+            rngs = rank_rngs or [rng_tensors()]
+            flat = dict(rngs[0])
+            for r, states in enumerate(rngs[1:], 1):
+                flat.update({f"rank{r}.{k}": v for k, v in states.items()})
+            save_file({k: v.contiguous() for k, v in flat.items()}, str(tmp / "rng.safetensors"))
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
             files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
             (tmp / MANIFEST).write_text(json.dumps({f: file_digest(tmp / f) for f in files}, indent=1))
@@ -117,13 +130,14 @@ def verify_checkpoint(path: Path) -> None:
                  str(path / "trainer_state.json") + " (optimizer)", required=("param_groups",))
 
 
-def load_latest_checkpoint(found: list[Path], model, task: torch.nn.Module, optimizer) -> tuple[Path, dict[str, Any]]:
+def load_latest_checkpoint(found: list[Path], model, task: torch.nn.Module, optimizer,
+                           rank: int = 0) -> tuple[Path, dict[str, Any]]:
     """Load the newest intact checkpoint of ``found`` (oldest first); a damaged one is skipped with a warning.
     Every load overwrites the whole model/task/optimizer state, so a failed attempt leaves nothing behind."""
     errors = []
     for i in range(len(found) - 1, -1, -1):
         try:
-            return found[i], load_checkpoint(found[i], model, task, optimizer)
+            return found[i], load_checkpoint(found[i], model, task, optimizer, rank)
         except ArtifactError as e:
             errors.append(f"{found[i].name}: {e}")
             log.warning("checkpoint %s is damaged (%s); %s", found[i], e,
@@ -138,8 +152,8 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer) -> dict[str, Any]:
-    """Restore model, task, optimizer and RNG in place; return the trainer state (step, epoch, ...).
+def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer, rank: int = 0) -> dict[str, Any]:
+    """Restore model, task, optimizer and this rank's RNG in place; return the trainer state (step, epoch, ...).
     The checkpoint is verified first (``verify_checkpoint``), so nothing is loaded from a damaged one."""
     verify_checkpoint(path)
     saved = type(model).from_pretrained(path / "model")
@@ -155,5 +169,5 @@ def load_checkpoint(path: Path, model, task: torch.nn.Module, optimizer) -> dict
         raise ArtifactError(f"{path}/task.safetensors: unexpected entries {unexpected[:3]} (different training mode?)")
     state = read_json(path / "trainer_state.json")
     optimizer_from_flat(optimizer, opt_tensors, state.pop("optimizer"))
-    restore_rng(rng)
+    restore_rng(rng, rank)
     return state

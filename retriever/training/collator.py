@@ -101,17 +101,26 @@ class CropPairCollator:
 
 
 class RerankCollator:
-    """(query, passage) pairs [B * (1 + n)], each query's positive first, for listwise cross-encoder training."""
+    """(query, passage) pairs [B * (1 + n)], each query's positive first, for listwise cross-encoder training; plus
+    ``negative_mask`` [B, 1 + n] (``mask_known_positives``): True where a "negative" is a judged positive of the
+    query (its docid is among the example's known positives), which the loss then leaves out."""
 
-    def __init__(self, model, examples: Sequence[TrainExample], n_negatives: int, seed: int = 0, n_random: int = 0):
+    def __init__(self, model, examples: Sequence[TrainExample], n_negatives: int, seed: int = 0, n_random: int = 0,
+                 mask_known_positives: bool = True):
         if n_negatives + n_random < 1:
             raise ValueError("reranker training needs at least one negative per query (--train-negatives)")
         self.model, self.examples, self.n_negatives, self.seed, self.n_random = model, examples, n_negatives, seed, n_random
+        self.mask = mask_known_positives
 
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
-        queries, passages = [], []
+        queries, passages, masks = [], [], []
         for i in indices:
-            q, ps, _ = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, n_random=self.n_random)
+            q, ps, ids = pick_group(self.examples, i, epoch, self.n_negatives, self.seed, n_random=self.n_random)
             queries.extend([q] * len(ps))
             passages.extend(ps)
-        return {"pairs": self.model.tokenize(queries, passages)}
+            known = set(self.examples[i].known_positives) | {ids[0]}
+            masks.append([j > 0 and bool(d) and d in known for j, d in enumerate(ids)])
+        batch = {"pairs": self.model.tokenize(queries, passages)}
+        if self.mask:
+            batch["negative_mask"] = torch.tensor(masks, dtype=torch.uint8)  # uint8: gathers over gloo
+        return batch

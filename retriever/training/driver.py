@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.beir import load_beir
-from ..data.contriever import ContrieverPairs, CropConfig, chunk_corpus, read_texts
+from ..data.contriever import ContrieverPairs, CropConfig, corpus_tokens, make_chunks
 from ..data.examples import BeirExamples, ConcatExamples
 from ..data.training import TrainExample, as_pairs, read_tevatron
 from ..losses.infonce import InfoNCELoss
@@ -69,13 +69,19 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     elif cfg.mode == "unsupervised":
         crop = CropConfig(cfg.chunk_length, cfg.ratio_min, cfg.ratio_max, cfg.deletion_prob)
         tok = model.query_encoder.tokenizer
-        chunks = chunk_corpus(read_texts(cfg.train_data), tok, crop)
-        log.info("%d chunks of up to %d tokens", len(chunks), crop.chunk_length)
+        store = _token_store(cfg, tok, dist or DistInfo())
+        chunks = make_chunks(store, cfg.chunking, crop, seed=cfg.seed)
+        log.info("%d documents, %d tokens -> %d %s chunks of up to %d tokens", store.num_documents, store.num_tokens,
+                 len(chunks), cfg.chunking, crop.chunk_length)
         pairs = ContrieverPairs(chunks, tok.cls_token_id, tok.sep_token_id, crop, seed=cfg.seed)
-        fingerprint = _fingerprint(c.tobytes() for c in chunks)
+        fingerprint = _fingerprint([store.key, cfg.chunking, crop.chunk_length, crop.min_chunk_tokens])
         collate = CropPairCollator(pairs, tok.pad_token_id or 0)
         if cfg.moco:
-            task = MoCoTask(MoCoLoss(model.dim, cfg.queue_size, cfg.temperature, cfg.similarity), model, cfg.momentum)
+            # under GradCache, keys and the loss's logits are computed chunk by chunk too (memory of one chunk)
+            loss = MoCoLoss(model.dim, cfg.queue_size, cfg.temperature, cfg.similarity,
+                            row_chunk=cfg.gc_query_chunk if cfg.grad_cache else None, queue_init=cfg.queue_init,
+                            seed=cfg.seed)
+            task = MoCoTask(loss, model, cfg.momentum, key_chunk=cfg.gc_passage_chunk if cfg.grad_cache else None)
         else:
             task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
         n = len(pairs)
@@ -94,6 +100,18 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     trainer = Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)
     trainer.data_fingerprint = fingerprint
     return trainer
+
+
+def _token_store(cfg: TrainConfig, tokenizer, dist: DistInfo):
+    """The training corpus tokenised once (cached on disk); under DDP rank 0 builds it, the others then open it."""
+    from .distributed import barrier
+
+    if dist.is_main:
+        store = corpus_tokens(cfg.train_data, tokenizer, cfg.token_cache)
+    barrier(dist)
+    if not dist.is_main:
+        store = corpus_tokens(cfg.train_data, tokenizer, cfg.token_cache)
+    return store
 
 
 def _fingerprint(parts) -> str:

@@ -22,7 +22,8 @@ from retr.indexing.atomic import atomic_dir, write_json_atomic
 from ..modeling.dual_encoder import DualEncoder
 from .arguments import TrainConfig
 from .checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
-from .distributed import DistInfo, barrier, gather_nograd, gather_with_grad
+from .distributed import (DistInfo, all_gather_objects, all_reduce_grads, barrier, gather_nograd, gather_with_grad,
+                          seed_rank)
 from .grad_cache import cached_step
 from .samplers import BatchSampler, iterate, local_slice
 
@@ -139,7 +140,20 @@ class Trainer:
                 reps = (self.ddp or self.model)(**towers)
             loss = self._loss(reps, extras)
             self._backward(loss)
+        self._sync_task_grads()
         return float(loss.detach())
+
+    def _sync_task_grads(self) -> None:
+        """Parameters of the task (a learnable temperature) live outside the DDP-wrapped model, so DDP does not
+        average their gradients: all-reduce them here so every rank takes the same step. Without the gather each
+        rank's gradient is that of its local loss: average them, as DDP does for the model. With the gather every
+        rank already holds the gradient of the global loss, times world_size (``_backward``'s scale): the average
+        is divided by world_size once more, giving the single-process gradient on the global batch."""
+        if self.ddp is None:
+            return
+        params = [p for p in self.task.parameters() if p.requires_grad]
+        w = self.dist.world_size
+        all_reduce_grads(params, self.dist, divide_by=w * w if self.config.gather_negatives else w)
 
     def optimizer_step(self) -> None:
         if self.scaler is not None:
@@ -156,6 +170,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step({}, self._extras)
 
+    def seed_rng(self) -> None:
+        """torch's seed for this run and rank (dropout masks): ``cfg.seed`` on rank 0, a distinct one per rank."""
+        seed_rank(self.config.seed, self.dist)
+
     # ---------- checkpoints ----------
     def _state(self) -> dict[str, Any]:
         return {"global_step": self.global_step, "epoch": self.epoch, "next_batch": self.next_batch,
@@ -164,9 +182,12 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def save_checkpoint(self) -> None:
+        from .checkpoint import rng_tensors
+
+        rngs = all_gather_objects(rng_tensors(), self.dist)  # every rank's RNG, so each resumes its own masks
         if self.dist.is_main:
             save_checkpoint(self.output / "checkpoints", self.global_step, self.model, self.task, self.optimizer,
-                            self._state(), keep=self.config.save_total_limit)
+                            self._state(), keep=self.config.save_total_limit, rank_rngs=rngs)
         barrier(self.dist)
 
     def resume(self) -> bool:
@@ -174,7 +195,8 @@ class Trainer:
         if not found:
             log.info("no checkpoint under %s: starting from scratch", self.output / "checkpoints")
             return False
-        path, state = load_latest_checkpoint(found, self.model, self.task, self.optimizer)  # skips damaged ones
+        path, state = load_latest_checkpoint(found, self.model, self.task, self.optimizer,
+                                             rank=self.dist.rank)  # skips damaged ones
         if state.get("world_size", 1) != self.dist.world_size:
             raise ValueError(f"{path}: saved with world size {state.get('world_size')}, "
                              f"resuming with {self.dist.world_size}")
@@ -189,7 +211,7 @@ class Trainer:
     # ---------- the loop ----------
     def train(self) -> dict[str, Any]:
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        self.seed_rng()
         if cfg.resume:
             self.resume()
         epochs = math.ceil(self.total_steps / len(self.sampler))
