@@ -7,7 +7,6 @@ BIN     := $(VENV)/bin
 DATA    ?= ../shared/data
 STAMP   := $(VENV)/.retr-installed
 export HF_HUB_OFFLINE ?= 1
-export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test test-fast bench-beir clean
 
@@ -24,10 +23,10 @@ demo: install
 	$(BIN)/retr eval --model minilm --data $(DATA)/scifact --split test --output out/demo/scifact-minilm.json --run out/demo/scifact-minilm.trec
 
 test: install
-	$(BIN)/python -m pytest -q -x --durations=15
+	TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -x --durations=15
 
 test-fast: install
-	$(BIN)/python -m pytest -q -x -m "not slow and not java and not distributed"
+	TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q -x -m "not slow and not java and not distributed"
 
 bench-beir: install
 	$(BIN)/retr eval --suite benchmarks/beir_suite.yaml -d $(DATA)/scifact -d $(DATA)/nfcorpus -d $(DATA)/arguana --output-dir out/leaderboard

@@ -262,7 +262,11 @@ def main() -> None:
     ap.add_argument("--stages", nargs="*", default=None, help="Run only stages whose name contains one of these.")
     ap.add_argument("--keep", action="store_true", help="Keep indexes and embeddings (default: delete after a size).")
     ap.add_argument("--real", action="store_true", help="Also run MiniLM over the 139k-sentence corpus (ann.py's).")
+    ap.add_argument("--markdown", action="store_true", help="Only print OUT/results.json as a Markdown table.")
     args = ap.parse_args()
+    if args.markdown:
+        print_markdown(json.loads((args.out / "results.json").read_text()))
+        return
     bin_dir = Path(sys.executable).parent
     retr, py = str(bin_dir / "retr"), sys.executable
     args.out.mkdir(parents=True, exist_ok=True)
@@ -318,6 +322,19 @@ def print_table(results: dict) -> None:
             r = rows.get(str(s))
             cells.append(f"{r['seconds']:.0f} / {r['peak_rss_mib']:.0f} / {r['us_per_doc']:.0f}" if r else "-")
         print(f"{name:<34}" + "".join(f"{c:>22}" for c in cells))
+
+
+def print_markdown(results: dict) -> None:
+    """Per stage and size: wall seconds, peak RSS MiB and microseconds per document (as in RESULTS.md)."""
+    sizes = sorted({int(s) for rows in results.values() for s in rows})
+    print("| stage | " + " | ".join(f"{s:,}: s / MiB / µs per doc" for s in sizes) + " |")
+    print("|---|" + "---:|" * len(sizes))
+    for name, rows in results.items():
+        cells = []
+        for s in sizes:
+            r = rows.get(str(s))
+            cells.append(f"{r['seconds']:.1f} / {r['peak_rss_mib']:.0f} / {r['us_per_doc']:.0f}" if r else "–")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
