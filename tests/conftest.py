@@ -151,3 +151,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = old
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def one_line_error(err: str) -> str:
+    """The ``error:`` line of a failed command's stderr (log lines may precede it); fails unless there is exactly
+    one and no traceback."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

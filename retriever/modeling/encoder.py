@@ -51,8 +51,8 @@ class EncoderConfig:
     # Matryoshka (Kusupati et al. 2022, MRL): keep the first ``truncate_dim`` components of the pooled vector
     # (then L2-normalise when ``normalize``); None = the model's full hidden size
     truncate_dim: int | None = None
-    # sequences end with the tokenizer's EOS token (decoder embedders, ``decoder.ensure_eos``); None = on for
-    # ``last`` pooling when the tokenizer has an EOS token, else off
+    # retr makes the tokenizer end sequences with its EOS token (decoder embedders, ``decoder.ensure_eos``);
+    # None = on for ``last`` pooling when the tokenizer has an EOS token it does not already append, else off
     append_eos: bool | None = None
 
     def __post_init__(self) -> None:
@@ -65,14 +65,14 @@ class EncoderConfig:
         """The settings as a dict, without the options added after fingerprints existed when they are at their
         defaults: a model that does not use them keeps the fingerprint (and index/cache keys) it always had."""
         out = asdict(self)
-        for name, default in _LATER_DEFAULTS.items():
-            if out.get(name) == default:
+        for name, unused in _LATER_DEFAULTS.items():
+            if out.get(name) in unused:
                 out.pop(name)
         return out
 
 
-# settings added after the first fingerprints, with the value that means "not used"
-_LATER_DEFAULTS: dict[str, Any] = {"truncate_dim": None, "append_eos": False}
+# settings added after the first fingerprints, with the values that mean "not used" (None = not resolved yet)
+_LATER_DEFAULTS: dict[str, tuple[Any, ...]] = {"truncate_dim": (None,), "append_eos": (None, False)}
 
 
 def read_encoder_config(model_dir: Path) -> dict[str, Any]:
@@ -157,11 +157,14 @@ class Encoder(nn.Module):
                 log.warning("--%s %d is more than the model's %d positions; using %d", side.replace("_", "-"), value,
                             positions, positions)
                 setattr(self.config, side, positions)
-        if self.config.append_eos is None:
-            self.config.append_eos = self.config.pooling == "last" and getattr(tokenizer, "eos_token_id", None) is not None
-        if self.config.append_eos:
-            from .decoder import ensure_eos
+        from .decoder import ends_with_eos, ensure_eos
 
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is not None and getattr(tokenizer, "pad_token_id", 0) is None:
+            tokenizer.pad_token = tokenizer.eos_token  # decoders: pad with EOS (the attention mask tells them apart)
+        if self.config.append_eos is None:  # retr appends EOS for last-token pooling if the tokenizer does not
+            self.config.append_eos = self.config.pooling == "last" and eos is not None and not ends_with_eos(tokenizer)
+        if self.config.append_eos:
             ensure_eos(tokenizer)
         hidden = self.hidden_size
         if self.config.truncate_dim is not None and self.config.truncate_dim > hidden:
