@@ -20,8 +20,23 @@ Normalize = Annotated[Optional[bool], typer.Option("--normalize/--no-normalize",
                                                    "(default: as the model's modules.json says, else on).", show_default=False)]
 QueryPrefix = Annotated[Optional[str], typer.Option("--query-prefix", help="Text prepended to every query (e.g. 'query: ').")]
 PassagePrefix = Annotated[Optional[str], typer.Option("--passage-prefix", help="Text prepended to every passage (e.g. 'passage: ').")]
+QueryInstruction = Annotated[Optional[str], typer.Option("--query-instruction", help="Instruction template put "
+                                                          "before every query (not passages), e.g. 'Instruct: "
+                                                          "{task}\\nQuery: ' ({task} filled from --task; \\n and "
+                                                          "\\t become newline and tab). Becomes the query prefix and "
+                                                          "is saved as the sentence-transformers prompt 'query'.")]
+Task = Annotated[Optional[str], typer.Option("--task", help="Text for {task} in --query-instruction, e.g. 'Given a "
+                                             "web search query, retrieve relevant passages that answer the query'.")]
+TorchDtype = Annotated[Optional[str], typer.Option("--torch-dtype", help="dtype the weights are loaded in: auto "
+                                                  "(the checkpoint's own) | fp32 | fp16 | bf16 (half the memory of "
+                                                  "fp32, for big decoder embedders). Default: transformers' default. "
+                                                  "Recorded in an index's meta.json when not fp32.")]
 QueryMaxLen = Annotated[Optional[int], typer.Option("--query-max-length", help="Max query tokens (default: model's max_seq_length).")]
 PassageMaxLen = Annotated[Optional[int], typer.Option("--passage-max-length", help="Max passage tokens (default: model's max_seq_length).")]
+Dim = Annotated[Optional[int], typer.Option("--dim", help="Keep the first DIM components of every embedding "
+                                            "(re-normalised when the model normalises): for Matryoshka-trained "
+                                            "models (`retr train --matryoshka-dims`). Recorded in the index's "
+                                            "meta.json; queries are truncated alike. Default: the full vector.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per encoder forward pass.")]
 BlockSize = Annotated[int, typer.Option("--block-size", help="Passages read, tokenised and encoded per block; "
                                         "vectors go to disk after each block, and a killed run resumes at the last "
@@ -43,10 +58,22 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")
 
 def encoder_overrides(pooling: str | None = None, normalize: bool | None = None, query_prefix: str | None = None,
                       passage_prefix: str | None = None, query_max_length: int | None = None,
-                      passage_max_length: int | None = None) -> dict[str, Any]:
-    """The encoder settings given on the command line (``None`` = keep the model's own)."""
+                      passage_max_length: int | None = None, dim: int | None = None,
+                      query_instruction: str | None = None, task: str | None = None,
+                      torch_dtype: str | None = None) -> dict[str, Any]:
+    """The encoder settings given on the command line (``None`` = keep the model's own); an instruction
+    template (with its task) becomes the query prefix."""
+    if query_instruction is not None or task is not None:
+        from retr.retriever.modeling.decoder import format_instruction
+
+        if query_prefix is not None:
+            raise ValueError("give --query-prefix or --query-instruction, not both")
+        if query_instruction is None:
+            raise ValueError("--task fills {task} in --query-instruction: give that too")
+        query_prefix = format_instruction(query_instruction, task)
     given = dict(pooling=pooling, normalize=normalize, query_prefix=query_prefix, passage_prefix=passage_prefix,
-                 query_max_length=query_max_length, passage_max_length=passage_max_length)
+                 query_max_length=query_max_length, passage_max_length=passage_max_length, truncate_dim=dim,
+                 torch_dtype=torch_dtype)
     return {k: v for k, v in given.items() if v is not None}
 
 

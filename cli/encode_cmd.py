@@ -29,6 +29,8 @@ def encode_command(
     normalize: common.Normalize = None,
     passage_prefix: common.PassagePrefix = None,
     passage_max_length: common.PassageMaxLen = None,
+    dim: common.Dim = None,
+    torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
 ) -> None:
     """Encode a corpus shard into embeddings (numpy + ids, atomically; resumable)."""
@@ -48,7 +50,7 @@ def encode_command(
     corpus = load_corpus(data / "corpus.jsonl" if data.is_dir() else data)
     start, end = shard_range(len(corpus), shard, num_shards)
     encoder = DualEncoder.from_pretrained(model, **common.encoder_overrides(
-        pooling, normalize, None, passage_prefix, None, passage_max_length))
+        pooling, normalize, None, passage_prefix, None, passage_max_length, dim, torch_dtype=torch_dtype))
     encoder.set_precision(precision)
     if "LOCAL_RANK" in os.environ:
         import torch

@@ -55,6 +55,10 @@ def eval_command(
     passage_prefix: common.PassagePrefix = None,
     query_max_length: common.QueryMaxLen = None,
     passage_max_length: common.PassageMaxLen = None,
+    dim: common.Dim = None,
+    query_instruction: common.QueryInstruction = None,
+    task: common.Task = None,
+    torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
 ) -> None:
     common.setup_logging(verbose)
@@ -88,7 +92,7 @@ def eval_command(
     dataset = load_beir(data, split, allow_missing_docs=allow_missing_docs)
     log.info("%s: %d docs, %d judged %s queries", dataset.name, len(dataset.corpus), len(dataset.qrels), split)
     overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
-                                         passage_max_length)
+                                         passage_max_length, dim, query_instruction, task, torch_dtype)
     retriever = build_retriever(retriever_kind, dataset.corpus, model=model, index_dir=index, bm25_index=bm25_index,
                                 fusion=fusion, alpha=alpha, rrf_k=rrf_k, k1=k1, b=b, rerank=rerank,
                                 rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha, batch_size=batch_size,

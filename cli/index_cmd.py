@@ -53,6 +53,10 @@ def index_command(
     passage_prefix: common.PassagePrefix = None,
     query_max_length: common.QueryMaxLen = None,
     passage_max_length: common.PassageMaxLen = None,
+    dim: common.Dim = None,
+    query_instruction: common.QueryInstruction = None,
+    task: common.Task = None,
+    torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -92,7 +96,7 @@ def index_command(
         common.console().print(f"[green]wrote[/green] {output}: BM25 (Lucene) index of {len(corpus)} docs")
         return
     overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
-                                         passage_max_length)
+                                         passage_max_length, dim, query_instruction, task, torch_dtype)
     if append:
         from retr.retriever.search import add_documents
 

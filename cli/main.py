@@ -84,10 +84,32 @@ def _end_progress_bars() -> None:
             pass
 
 
+LIST_FLAGS = ("--matryoshka-dims",)  # options that take several values after one flag
+
+
+def join_list_values(argv: list[str]) -> list[str]:
+    """``--matryoshka-dims 384 256 128`` -> ``--matryoshka-dims 384,256,128`` (click options take one value
+    each); the values end at the next token that is not a number."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] in LIST_FLAGS:
+            values = []
+            while i + 1 < len(argv) and argv[i + 1].replace(",", "").replace(".", "").isdigit():
+                values.append(argv[i + 1])
+                i += 1
+            if values:
+                out.append(",".join(values))
+        i += 1
+    return out
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2 (RETR_TRACEBACK=1 shows the trace);
     SIGINT / SIGTERM remove partial outputs and exit 130 / 143 with one line. Output locks are released."""
     previous = _install_signal_handlers()
+    sys.argv = join_list_values(sys.argv)
     try:
         app()
     except Stopped as e:

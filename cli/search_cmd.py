@@ -43,6 +43,7 @@ def search_command(
     precision: common.Precision = "auto",
     threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
+    torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
 ) -> None:
     common.setup_logging(verbose)
@@ -67,7 +68,8 @@ def search_command(
         retriever = BM25Retriever(index[0], k1=k1, b=b)
         meta, search = retriever.meta, retriever.batch_search
     else:
-        dense = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
+        dense = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size,
+                                    **common.encoder_overrides(torch_dtype=torch_dtype))
         dense.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
         dense.encoder.set_precision(precision)
         meta, search = dense.index.meta, functools.partial(dense.batch_search, rescore=rescore)

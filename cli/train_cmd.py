@@ -59,6 +59,12 @@ def train_command(
     learnable_temperature: Annotated[Optional[bool], Opt("--learnable-temperature", help="Learn the temperature.")] = None,
     symmetric: Annotated[Optional[bool], Opt("--symmetric", help="Add the passage-to-query InfoNCE direction.")] = None,
     similarity: Annotated[Optional[str], Opt("--similarity", help="dot or cos.")] = None,
+    matryoshka_dims: Annotated[Optional[str], Opt("--matryoshka-dims", help="Matryoshka (MRL, Kusupati et al. "
+                                                         "2022): InfoNCE summed over these embedding prefixes, each "
+                                                         "re-normalised when the model normalises, e.g. "
+                                                         "`--matryoshka-dims 384 256 128 64`; then `retr index --dim "
+                                                         "128` indexes 128-d prefixes (values separated by spaces "
+                                                         "or commas). Supervised or --in-batch.")] = None,
     moco: Annotated[Optional[bool], Opt("--moco/--in-batch", help="Unsupervised: MoCo queue + momentum key encoder, "
                                         "or in-batch negatives only.", show_default=False)] = None,
     queue_size: Annotated[Optional[int], Opt("--queue-size", help="MoCo queue length (keys).")] = None,
@@ -85,6 +91,11 @@ def train_command(
     grad_cache: Annotated[Optional[bool], Opt("--grad-cache", help="GradCache: any batch size in the memory of one chunk.")] = None,
     gc_query_chunk: Annotated[Optional[int], Opt("--gc-query-chunk", help="GradCache: queries per chunk.")] = None,
     gc_passage_chunk: Annotated[Optional[int], Opt("--gc-passage-chunk", help="GradCache: passages per chunk.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing", help="Hugging Face activation "
+                                                          "checkpointing: keep only each transformer block's input "
+                                                          "and recompute the block in the backward pass (less "
+                                                          "memory, about one more forward pass of compute). Dropout masks are replayed "
+                                                          "(also under --grad-cache), so gradients are unchanged.")] = None,
     precision: Annotated[Optional[str], Opt("--precision", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.")] = None,
     seed: Annotated[Optional[int], Opt("--seed", help="Seed for data order, crops, negatives and init.")] = None,
     save_steps: Annotated[Optional[int], Opt("--save-steps", help="Checkpoint every N steps (atomically).")] = None,
@@ -100,6 +111,9 @@ def train_command(
     pooling: common.Pooling = None,
     query_prefix: common.QueryPrefix = None,
     passage_prefix: common.PassagePrefix = None,
+    query_instruction: common.QueryInstruction = None,
+    task: common.Task = None,
+    torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
@@ -117,15 +131,16 @@ def train_command(
                  separate_towers=separate_towers, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, head_lr=head_lr,
                  weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
                  temperature=temperature, learnable_temperature=learnable_temperature, symmetric=symmetric,
-                 similarity=similarity, moco=moco, queue_size=queue_size, momentum=momentum, chunk_length=chunk_length,
+                 similarity=similarity, matryoshka_dims=_int_list(matryoshka_dims, "--matryoshka-dims"), moco=moco, queue_size=queue_size, momentum=momentum, chunk_length=chunk_length,
                  queue_init=queue_init, chunking=chunking, token_cache=str(token_cache) if token_cache else None,
                  normalize=normalize,
                  ratio_min=ratio_min, ratio_max=ratio_max, deletion_prob=deletion_prob, grad_cache=grad_cache, gather_negatives=gather_negatives,
-                 gc_query_chunk=gc_query_chunk, gc_passage_chunk=gc_passage_chunk, precision=precision, seed=seed,
+                 gc_query_chunk=gc_query_chunk, gc_passage_chunk=gc_passage_chunk, gradient_checkpointing=gradient_checkpointing, precision=precision, seed=seed,
                  save_steps=save_steps, logging_steps=logging_steps, eval_data=str(eval_data) if eval_data else None,
                  eval_split=eval_split, eval_steps=eval_steps, report_to=report_to, resume=resume,
                  query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
-                 query_prefix=query_prefix, passage_prefix=passage_prefix)
+                 query_prefix=query_prefix, passage_prefix=passage_prefix, query_instruction=query_instruction,
+                 task=task, torch_dtype=torch_dtype)
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:
@@ -141,6 +156,16 @@ def train_command(
         common.console().print(f"[green]done[/green]: {summary['steps']} steps in {summary['train_seconds']}s; "
                                f"model saved to {Path(cfg.output_dir) / 'model'}"
                                + (f"; eval {summary['eval']}" if summary.get("eval") else ""))
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    """``"384,256 128"`` -> [384, 256, 128]; anything else is a one-line ``ValueError``."""
+    if text is None:
+        return None
+    parts = [p for p in text.replace(",", " ").split() if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{flag} takes positive whole numbers, got {text!r}")
+    return [int(p) for p in parts]
 
 
 def _launch_torchrun(nproc: int) -> int:

@@ -23,7 +23,8 @@ from .modeling.dual_encoder import DualEncoder
 log = logging.getLogger(__name__)
 
 # settings of the passage side that must agree between the index and the querying model
-_MUST_AGREE = ("dim", "pooling", "normalize", "passage_prefix", "passage_max_length", "passage_fingerprint")
+_MUST_AGREE = ("dim", "pooling", "normalize", "passage_prefix", "passage_max_length", "append_eos", "torch_dtype",
+               "passage_fingerprint")
 
 
 class Retriever(Protocol):
@@ -93,6 +94,11 @@ class DenseRetriever:
             encoder_overrides = {**{k: built[k] for k in ("pooling", "normalize", "query_prefix", "passage_prefix",
                                                          "query_max_length", "passage_max_length") if k in built},
                                  **encoder_overrides}
+        for key in ("truncate_dim", "torch_dtype"):
+            if built.get(key) and key not in encoder_overrides:
+                # Matryoshka prefixes / half-precision weights: the queries are encoded alike (an explicit other
+                # --dim or --torch-dtype is refused by the check below, in one line)
+                encoder_overrides = {**encoder_overrides, key: built[key]}
         if not isinstance(model, DualEncoder):
             model = DualEncoder.from_pretrained(model, **encoder_overrides)
         identity = encoder_identity(model)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT (2 layers) with MiniLM's tokenizer, tiny BEIR folders, shared data."""
+"""Shared fixtures: a tiny random BERT (2 layers) with MiniLM's tokenizer, tiny Qwen2/Llama decoders with a locally
+built tokenizer, tiny BEIR folders, shared data."""
 from __future__ import annotations
 
 import json
@@ -38,6 +39,54 @@ def make_tiny_bert(directory: Path, seed: int = 0, hidden: int = 32, layers: int
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+EOS, PAD, BOS = "<|endoftext|>", "<|pad|>", "<s>"
+
+
+def make_tiny_tokenizer(add_bos: bool = False):
+    """A decoder-style fast tokenizer built locally (nothing from the hub): MiniLM's WordPiece vocabulary plus
+    EOS / pad / BOS tokens, no EOS added by the tokenizer itself (as Qwen2's and Llama's)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from retr.retriever.modeling import packaged_minilm_path
+
+    vocab = {}
+    with open(Path(packaged_minilm_path()) / "vocab.txt", encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            vocab[line.rstrip("\n")] = i
+    for token in (EOS, PAD, BOS):
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    kwargs = {"bos_token": BOS, "add_bos_token": True} if add_bos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=PAD, unk_token="[UNK]",
+                                   model_max_length=128, **kwargs)
+
+
+def make_tiny_decoder(directory: Path, arch: str = "qwen2", seed: int = 0, hidden: int = 32,
+                      dropout: float = 0.0) -> Path:
+    """A 2-layer random Qwen2 or Llama model with ``make_tiny_tokenizer``, saved as a plain HF directory (no retr
+    or sentence-transformers settings: the tokenizer does not append EOS)."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+
+    tok = make_tiny_tokenizer(add_bos=arch == "llama")
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, intermediate_size=2 * hidden, max_position_embeddings=128,
+                  attention_dropout=dropout, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = Qwen2Model(Qwen2Config(**common)) if arch == "qwen2" else LlamaModel(LlamaConfig(**common))
+    model.save_pretrained(directory, safe_serialization=True)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session", params=["qwen2", "llama"])
+def tiny_decoder_dir(request, tmp_path_factory) -> Path:
+    return make_tiny_decoder(tmp_path_factory.mktemp(f"tiny-{request.param}"), arch=request.param)
 
 
 DOCS = [
@@ -102,3 +151,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = old
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def one_line_error(err: str) -> str:
+    """The ``error:`` line of a failed command's stderr (log lines may precede it); fails unless there is exactly
+    one and no traceback."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -26,6 +26,7 @@ def _grads(cfg: TrainConfig):
 
 @pytest.mark.parametrize("mode,extra", [
     ("supervised", {"separate_towers": True, "train_negatives": 2}),
+    ("supervised", {"train_negatives": 1, "matryoshka_dims": [32, 16, 8]}),
     ("unsupervised", {"moco": True, "queue_size": 16, "chunk_length": 8}),
     ("unsupervised", {"moco": False, "chunk_length": 8, "symmetric": True}),
     ("reranker", {"train_negatives": 2}),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -47,10 +48,31 @@ class EncoderConfig:
     query_max_length: int | None = None
     passage_max_length: int | None = None
     title_sep: str = " "
+    # Matryoshka (Kusupati et al. 2022, MRL): keep the first ``truncate_dim`` components of the pooled vector
+    # (then L2-normalise when ``normalize``); None = the model's full hidden size
+    truncate_dim: int | None = None
+    # retr makes the tokenizer end sequences with its EOS token (decoder embedders, ``decoder.ensure_eos``);
+    # None = on for ``last`` pooling when the tokenizer has an EOS token it does not already append, else off
+    append_eos: bool | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.truncate_dim is not None and self.truncate_dim < 1:
+            raise ValueError(f"--dim must be at least 1, got {self.truncate_dim}")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as a dict, without the options added after fingerprints existed when they are at their
+        defaults: a model that does not use them keeps the fingerprint (and index/cache keys) it always had."""
+        out = asdict(self)
+        for name, unused in _LATER_DEFAULTS.items():
+            if out.get(name) in unused:
+                out.pop(name)
+        return out
+
+
+# settings added after the first fingerprints, with the values that mean "not used" (None = not resolved yet)
+_LATER_DEFAULTS: dict[str, tuple[Any, ...]] = {"truncate_dim": (None,), "append_eos": (None, False)}
 
 
 def read_encoder_config(model_dir: Path) -> dict[str, Any]:
@@ -100,10 +122,12 @@ def position_limit(model: nn.Module, tokenizer: Any) -> int:
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """[B, L, H] hidden states, [B, L] attention mask -> [B, H]: ``mean`` over the real tokens, ``cls`` (the first
+    position) or ``last`` (the last position whose mask is 1: right and left padding alike)."""
     if how == "cls":
         return hidden[:, 0]
-    if how == "last":  # last non-padding token (right padding)
-        last = mask.sum(1).long() - 1
+    if how == "last":
+        last = mask.size(1) - 1 - mask.flip(1).long().argmax(1)
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -119,6 +143,7 @@ class Encoder(nn.Module):
         self.config = config or EncoderConfig()
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
         self.train(model.training)
+        self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
         self.precision = "auto"  # inference autocast: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
         positions = position_limit(model, tokenizer)
         default = min(positions, 512)
@@ -132,14 +157,31 @@ class Encoder(nn.Module):
                 log.warning("--%s %d is more than the model's %d positions; using %d", side.replace("_", "-"), value,
                             positions, positions)
                 setattr(self.config, side, positions)
+        from .decoder import ends_with_eos, ensure_eos
+
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is not None and getattr(tokenizer, "pad_token_id", 0) is None:
+            tokenizer.pad_token = tokenizer.eos_token  # decoders: pad with EOS (the attention mask tells them apart)
+        if self.config.append_eos is None:  # retr appends EOS for last-token pooling if the tokenizer does not
+            self.config.append_eos = self.config.pooling == "last" and eos is not None and not ends_with_eos(tokenizer)
+        if self.config.append_eos:
+            ensure_eos(tokenizer)
+        hidden = self.hidden_size
+        if self.config.truncate_dim is not None and self.config.truncate_dim > hidden:
+            raise ValueError(f"--dim {self.config.truncate_dim} is more than the model's {hidden} dimensions")
 
     # ---------- loading / saving ----------
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "Encoder":
         """Load from a local directory, a hub id, or the alias ``minilm`` (the packaged all-MiniLM-L6-v2).
-        ``overrides`` (pooling, normalize, prefixes, max lengths) win over the stored settings."""
+        ``overrides`` (pooling, normalize, prefixes, max lengths) win over the stored settings; ``torch_dtype``
+        (auto | fp32 | fp16 | bf16) is the dtype the weights are loaded in (bf16 halves the memory of a big
+        decoder)."""
         from transformers import AutoModel, AutoTokenizer
 
+        from .hf_switches import parse_torch_dtype
+
+        dtype = parse_torch_dtype(overrides.pop("torch_dtype", None))
         path = resolve_model_path(str(name_or_path))
         stored = read_encoder_config(Path(path)) if Path(path).is_dir() else {}
         stored.update({k: v for k, v in overrides.items() if v is not None})
@@ -148,7 +190,7 @@ class Encoder(nn.Module):
 
         check_model_dir(path)  # one line for a damaged directory; no code from it ever runs (safe_load)
         tokenizer = hf_load(AutoTokenizer.from_pretrained, path, "tokenizer")
-        model = hf_load(AutoModel.from_pretrained, path, "model")
+        model = hf_load(AutoModel.from_pretrained, path, "model", **_dtype_kwargs(dtype))
         model.eval()
         return cls(model, tokenizer, config, name=str(name_or_path))
 
@@ -159,7 +201,7 @@ class Encoder(nn.Module):
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         c = self.config
-        dim = self.dim
+        dim = self.hidden_size  # sentence-transformers' Pooling sees the full vector (truncation is retr's setting)
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -190,12 +232,18 @@ class Encoder(nn.Module):
         (directory / "config_sentence_transformers.json").write_text(json.dumps(
             {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine" if c.normalize else "dot"},
             indent=2))
-        (directory / RETR_CONFIG).write_text(json.dumps(asdict(c), indent=2))
+        (directory / RETR_CONFIG).write_text(json.dumps(c.settings(), indent=2))
 
     # ---------- identity ----------
     @property
-    def dim(self) -> int:
+    def hidden_size(self) -> int:
+        """The model's hidden size (the pooled vector's length before any truncation)."""
         return int(self.model.config.hidden_size)
+
+    @property
+    def dim(self) -> int:
+        """Length of the vectors this encoder returns: ``truncate_dim`` when set, else the hidden size."""
+        return int(self.config.truncate_dim or self.hidden_size)
 
     @property
     def device(self) -> torch.device:
@@ -206,7 +254,7 @@ class Encoder(nn.Module):
 
         ``side="passage"`` leaves out the query-only settings (prefix, max length), so what made a passage vector
         has one fingerprint whatever the query settings; ``None`` covers every setting."""
-        settings = asdict(self.config)
+        settings = self.config.settings()
         if side == "passage":
             settings = {k: v for k, v in settings.items() if not k.startswith("query_")}
         h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
@@ -217,13 +265,27 @@ class Encoder(nn.Module):
         return h.hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
-        """The settings that must agree between the model that built an index and the one that queries it."""
-        return {"model": self.name, "dim": self.dim, **asdict(self.config)}
+        """The settings that must agree between the model that built an index and the one that queries it
+        (``torch_dtype`` only when the weights are not float32)."""
+        out = {"model": self.name, "dim": self.dim, **self.config.settings()}
+        dtype = next(self.model.parameters()).dtype
+        if dtype != torch.float32:
+            out["torch_dtype"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+        return out
 
     # ---------- forward ----------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """[B, L] ids and mask (right or left padded) -> [B, dim] embeddings."""
+        if "position_ids" not in kwargs and self._takes_position_ids:
+            from .decoder import padded_position_ids
+
+            positions = padded_position_ids(attention_mask)
+            if positions is not None:  # left padding: count positions from each row's first real token
+                kwargs["position_ids"] = positions
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         emb = pool(out.last_hidden_state, attention_mask, self.config.pooling)
+        if self.config.truncate_dim is not None:
+            emb = emb[:, : self.config.truncate_dim]
         if self.config.normalize:
             emb = nn.functional.normalize(emb, p=2, dim=-1)
         return emb
@@ -270,6 +332,16 @@ class Encoder(nn.Module):
                     out[block_start + rows] = emb.float().cpu().numpy()
                     advance(len(rows))
         return out
+
+
+def _dtype_kwargs(dtype: "torch.dtype | str | None") -> dict[str, Any]:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    if dtype is None:
+        return {}
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
 @contextlib.contextmanager

@@ -20,6 +20,9 @@ class TrainConfig:
     passage_prefix: str | None = None
     query_max_length: int | None = None
     passage_max_length: int | None = None
+    query_instruction: str | None = None  # template for the query prefix, e.g. "Instruct: {task}\nQuery: "
+    task: str | None = None  # fills {task} in query_instruction
+    torch_dtype: str | None = None  # auto | fp32 | fp16 | bf16: dtype the weights are loaded in
     # data
     train_data: list[str] = field(default_factory=list)  # BEIR folders / Tevatron JSONL / text files
     train_split: str = "train"
@@ -60,6 +63,9 @@ class TrainConfig:
     learnable_temperature: bool = False
     symmetric: bool = False
     similarity: str = "dot"  # dot | cos
+    # Matryoshka (MRL): InfoNCE summed over these embedding prefixes (e.g. [384, 256, 128, 64]); [] = off
+    matryoshka_dims: list[int] = field(default_factory=list)
+    matryoshka_weights: list[float] | None = None  # one per dim (default 1 each)
     # MoCo (unsupervised)
     moco: bool = True
     queue_size: int = 131072
@@ -70,6 +76,7 @@ class TrainConfig:
     grad_cache: bool = False
     gc_query_chunk: int = 32
     gc_passage_chunk: int = 32
+    gradient_checkpointing: bool = False  # HF activation checkpointing of every transformer block (less memory)
     # checkpoints & logging
     save_steps: int = 500
     save_total_limit: int = 2
@@ -89,6 +96,11 @@ class TrainConfig:
             raise ValueError(f"chunking must be stream or document, got {self.chunking!r}")
         if self.queue_init not in ("random", "empty"):
             raise ValueError(f"queue_init must be random or empty, got {self.queue_init!r}")
+        if self.matryoshka_dims and self.mode == "reranker":
+            raise ValueError("--matryoshka-dims trains embeddings: not for --mode reranker")
+        if self.matryoshka_dims and self.mode == "unsupervised" and self.moco:
+            raise ValueError("--matryoshka-dims is not supported with MoCo (its queue holds full-size keys): "
+                             "use --in-batch")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
 

@@ -14,9 +14,11 @@ from ..data.examples import BeirExamples, ConcatExamples
 from ..data.training import TrainExample, as_pairs, read_tevatron
 from ..losses.infonce import InfoNCELoss
 from ..losses.listwise import ListwiseSoftmaxLoss
+from ..losses.matryoshka import MatryoshkaLoss
 from ..losses.moco import MoCoLoss
 from ..modeling.cross_encoder import CrossEncoder
 from ..modeling.dual_encoder import DualEncoder
+from ..modeling.hf_switches import enable_gradient_checkpointing
 from .arguments import TrainConfig
 from .collator import CropPairCollator, RerankCollator, SupervisedCollator
 from .distributed import DistInfo
@@ -34,8 +36,24 @@ def load_model(cfg: TrainConfig) -> DualEncoder | CrossEncoder:
         torch.manual_seed(cfg.seed)  # the fresh scoring head is initialised here
         return CrossEncoder.from_pretrained(cfg.model, max_length=cfg.passage_max_length)
     overrides = {k: getattr(cfg, k) for k in ("pooling", "normalize", "query_prefix", "passage_prefix",
-                                               "query_max_length", "passage_max_length") if getattr(cfg, k) is not None}
+                                               "query_max_length", "passage_max_length", "torch_dtype")
+                 if getattr(cfg, k) is not None}
+    if cfg.query_instruction is not None or cfg.task is not None:
+        from ..modeling.decoder import format_instruction
+
+        if cfg.query_prefix is not None:
+            raise ValueError("give --query-prefix or --query-instruction, not both")
+        if cfg.query_instruction is None:
+            raise ValueError("--task fills {task} in --query-instruction: give that too")
+        overrides["query_prefix"] = format_instruction(cfg.query_instruction, cfg.task)
     return DualEncoder.from_pretrained(cfg.model, separate=cfg.separate_towers, **overrides)
+
+
+def hf_towers(model: DualEncoder | CrossEncoder) -> list:
+    """The Hugging Face models inside a retr model (one per tower)."""
+    if isinstance(model, DualEncoder):
+        return [model.query_encoder.model] + ([] if model.shared else [model.passage_encoder.model])
+    return [model.model]
 
 
 def supervised_examples(cfg: TrainConfig):
@@ -60,11 +78,14 @@ def supervised_examples(cfg: TrainConfig):
 def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEncoder | None = None,
                   eval_fn: Callable | None = None, sampler: BatchSampler | None = None) -> Trainer:
     model = model or load_model(cfg)
+    if cfg.gradient_checkpointing:
+        for tower in hf_towers(model):
+            enable_gradient_checkpointing(tower)
     if cfg.mode == "supervised":
         examples = supervised_examples(cfg)
         collate = SupervisedCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
         fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
-        task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
+        task = InBatchTask(in_batch_loss(cfg, model))
         n = len(examples)
     elif cfg.mode == "unsupervised":
         crop = CropConfig(cfg.chunk_length, cfg.ratio_min, cfg.ratio_max, cfg.deletion_prob)
@@ -83,7 +104,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
                             seed=cfg.seed)
             task = MoCoTask(loss, model, cfg.momentum, key_chunk=cfg.gc_passage_chunk if cfg.grad_cache else None)
         else:
-            task = InBatchTask(InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity))
+            task = InBatchTask(in_batch_loss(cfg, model))
         n = len(pairs)
     else:  # reranker: a cross-encoder over (query, positive, negatives) groups
         examples = supervised_examples(cfg)
@@ -100,6 +121,19 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     trainer = Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)
     trainer.data_fingerprint = fingerprint
     return trainer
+
+
+def in_batch_loss(cfg: TrainConfig, model: DualEncoder):
+    """InfoNCE, wrapped in ``MatryoshkaLoss`` when ``cfg.matryoshka_dims`` is set (prefixes re-normalised when the
+    encoder normalises, as ``truncate_dim`` does at search time)."""
+    loss = InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.symmetric, cfg.similarity)
+    if not cfg.matryoshka_dims:
+        return loss
+    too_long = [d for d in cfg.matryoshka_dims if d > model.dim]
+    if too_long:
+        raise ValueError(f"--matryoshka-dims {too_long[0]} is more than the model's {model.dim} dimensions")
+    return MatryoshkaLoss(loss, cfg.matryoshka_dims, cfg.matryoshka_weights,
+                          renormalize=model.query_encoder.config.normalize)
 
 
 def _token_store(cfg: TrainConfig, tokenizer, dist: DistInfo):

@@ -52,15 +52,18 @@ class RandContext:
 
 
 def split_inputs(inputs: Mapping[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
-    """Split a tokenized batch along the batch dim; each chunk drops trailing all-padding columns."""
+    """Split a tokenized batch along the batch dim; each chunk drops its all-padding columns at either end
+    (trailing ones under right padding, leading ones under left padding)."""
     n = next(iter(inputs.values())).size(0)
     chunks = []
     for s in range(0, n, chunk):
         part = {k: v[s:s + chunk] for k, v in inputs.items()}
         mask = part.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
-            width = int(mask.sum(1).max())
-            part = {k: (v[:, :width] if v.dim() == 2 and v.size(1) == mask.size(1) else v) for k, v in part.items()}
+        if mask is not None and mask.dim() == 2 and mask.size(1):
+            used = mask.bool().any(0).nonzero().flatten()
+            lo, hi = (int(used[0]), int(used[-1]) + 1) if used.numel() else (0, mask.size(1))
+            width = mask.size(1)
+            part = {k: (v[:, lo:hi] if v.dim() == 2 and v.size(1) == width else v) for k, v in part.items()}
         chunks.append(part)
     return chunks
 
