@@ -144,3 +144,52 @@ def test_eval_on_an_existing_index_reads_no_corpus_text(tmp_path, tiny_model_dir
     code, _, err = run_cli(["eval", "-d", data, "-i", tmp_path / "idx", "-o", tmp_path / "m.json"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "m.json").read_text())["metrics"]["nDCG@10"] > 0
+
+
+def test_processes_building_one_store_at_once_all_get_it(tmp_path):
+    """torchrun ranks read the same new corpus at the same moment: every process must get a working store (a
+    process must never delete, as stale, the store another one has just published), and one store remains.
+    Delays injected into the publish step force the bad interleaving: process 0 publishes at +0.2 s and opens
+    its store at +1.2 s; process 1 found no store at +0 s, removes the "stale" one at +0.6 s and publishes its
+    own at +1.4 s."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.jsonl"
+    cache = tmp_path / "cache"
+    code = """
+import os, shutil, sys, time
+import retr.retriever.data.corpus as m
+path, start, rank = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+class Delayed:  # the module's shutil/os with the publish-step calls slowed down
+    def __init__(self, real): self.real = real
+    def __getattr__(self, name): return getattr(self.real, name)
+    def rmtree(self, p, **kw):
+        if not os.path.basename(str(p)).startswith("."): time.sleep([0.2, 0.6][rank])
+        return shutil.rmtree(p, **kw)
+    def replace(self, a, b):
+        time.sleep([0.0, 0.8][rank]); os.replace(a, b); time.sleep([1.0, 0.0][rank])
+m.shutil, m.os = Delayed(shutil), Delayed(os)
+while time.time() < start: pass
+c = m.load_corpus(path)
+print(len(c), c.fingerprint, c.passage_at(len(c) - 1))
+"""
+    for round_ in range(2):
+        corpus.write_text("".join(json.dumps({"_id": f"r{round_}d{i}", "text": f"text {i} " * 20}) + "\n"
+                                  for i in range(2_000)))
+        start = str(time.time() + 1.5)  # both processes start building at the same instant
+        env = {**os.environ, "RETR_CACHE_DIR": str(cache)}
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(corpus), start, str(rank)], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in range(2)]
+        outs = [p.communicate() for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-300:] for _, err in outs]
+        assert len({out for out, _ in outs}) == 1 and outs[0][0].startswith("2000 ")
+        stores = sorted(p.name for p in (cache / "corpora").iterdir() if not p.name.startswith("."))
+        assert load_corpus_key(corpus) in stores and len(stores) == round_ + 1  # one per version of the file
+        assert not list((cache / "corpora").glob(".*.tmp-*"))
+
+
+def load_corpus_key(path):
+    from retr.retriever.data.corpus import _stat_key
+
+    return _stat_key(path)[0]

@@ -31,6 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock
 
 from .errors import DataError
 
@@ -265,17 +266,19 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
     try:
         _build_store(path, work, ident)
         if persistent:
-            raced = _open_store(store, ident, path) if store.exists() else None
-            if raced is not None:  # another process (e.g. the other torchrun rank) finished first: use its store
-                shutil.rmtree(work, ignore_errors=True)
-                return raced
-            shutil.rmtree(store, ignore_errors=True)  # stale (the file changed) or damaged
-            try:
+            # Publishing is serialised (e.g. two torchrun ranks building at once): without the lock, one
+            # process could delete as "stale" the store another one had just renamed into place.
+            with FileLock(str(store.parent / f".{key}.lock")):
+                raced = _open_store(store, ident, path) if store.exists() else None
+                if raced is not None:  # another process finished first: use its store
+                    shutil.rmtree(work, ignore_errors=True)
+                    return raced
+                shutil.rmtree(store, ignore_errors=True)  # stale (the file changed), damaged, or --rebuild
                 os.replace(work, store)
                 work = store
-            except OSError:  # lost a race to another writer just now: ours is as good, use it from where it is
-                persistent = False
-        corpus = _open_store(work, ident, path)
+                corpus = _open_store(work, ident, path)
+        else:
+            corpus = _open_store(work, ident, path)
         if corpus is None:
             raise DataError(path, None, f"could not open the corpus store just built in {work}")
         seconds = time.perf_counter() - t0
