@@ -252,7 +252,7 @@ def _check_k(k: int | None, cfg: ServeConfig) -> int:
 
 
 def _hits(hits: list[Any]) -> list[dict[str, Any]]:
-    return [asdict(h) for h in hits]
+    return [{"docid": h.docid, "score": h.score, "rank": h.rank} for h in hits]
 
 
 def create_app(searcher: Any, config: ServeConfig | None = None, batcher: MicroBatcher | None = None) -> FastAPI:
@@ -313,15 +313,15 @@ def create_app(searcher: Any, config: ServeConfig | None = None, batcher: MicroB
 
     @app.post("/search", response_model=SearchResponse, responses=errors,
               summary="Top-k hits of one query (merged with concurrent requests into one forward).")
-    async def search(req: SearchRequest) -> dict[str, Any]:
+    async def search(req: SearchRequest) -> JSONResponse:
         _check_query(req.query, cfg, "query")
         k = _check_k(req.k, cfg)
         hits = (await run([req.query], k))[0]
-        return {"query": req.query, "k": k, "hits": _hits(hits)}
+        return JSONResponse({"query": req.query, "k": k, "hits": _hits(hits)})  # shape: SearchResponse
 
     @app.post("/batch_search", response_model=BatchSearchResponse, responses=errors,
               summary="Top-k hits of several queries, in the order given.")
-    async def batch_search(req: BatchSearchRequest) -> dict[str, Any]:
+    async def batch_search(req: BatchSearchRequest) -> JSONResponse:
         if not req.queries:
             raise _LimitError(422, "queries: empty list")
         if len(req.queries) > cfg.max_batch_queries:
@@ -333,7 +333,7 @@ def create_app(searcher: Any, config: ServeConfig | None = None, batcher: MicroB
             raise _LimitError(422, f"{len(qids)} qids for {len(req.queries)} queries")
         k = _check_k(req.k, cfg)
         hits = await run(list(req.queries), k)
-        return {"k": k, "results": [{"qid": q, "hits": _hits(h)} for q, h in zip(qids, hits)]}
+        return JSONResponse({"k": k, "results": [{"qid": q, "hits": _hits(h)} for q, h in zip(qids, hits)]})
 
     @app.get("/health", summary="Liveness: 200 while serving, 503 while starting or shutting down.")
     async def health() -> JSONResponse:

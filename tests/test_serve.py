@@ -3,7 +3,6 @@ bad requests get 4xx JSON and the server keeps serving; concurrent requests shar
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -79,7 +77,12 @@ class FakeSearcher:
 
 
 def _hits(rows):
-    return [(h["docid"], round(h["score"], 4), h["rank"]) for h in rows]
+    return [(h["docid"], h["rank"]) for h in rows], [h["score"] for h in rows]
+
+
+def _expect(rows):
+    """As ``_hits``, the scores compared within 1e-5 (a forward over another batch may round apart)."""
+    return [(h["docid"], h["rank"]) for h in rows], pytest.approx([h["score"] for h in rows], abs=1e-5)
 
 
 @pytest.fixture
@@ -131,8 +134,8 @@ def test_serve_equals_search_for_dense_bm25_hybrid_and_rerank(indexes, tiny_beir
             assert status == 200, batch
         assert set(results) == set(expected) == set(queries), name
         for qid in queries:
-            assert _hits(results[qid]) == _hits(expected[qid]), (name, qid)
-        assert {r["qid"]: _hits(r["hits"]) for r in batch["results"]} == {q: _hits(expected[q]) for q in queries}, name
+            assert _hits(results[qid]) == _expect(expected[qid]), (name, qid)
+        assert {r["qid"]: _hits(r["hits"]) for r in batch["results"]} == {q: _expect(expected[q]) for q in queries}, name
 
 
 def test_bad_requests_get_4xx_json_and_the_server_keeps_serving():
@@ -244,7 +247,7 @@ def test_cli_serve_answers_like_search_and_stops_on_sigterm(indexes, tiny_beir, 
     try:
         _wait_health(url, proc)
         status, got = http(f"{url}/search", {"query": "heart attack aspirin"})
-        assert status == 200 and _hits(got["hits"]) == _hits(json.loads(out.read_text())["q1"])
+        assert status == 200 and _hits(got["hits"]) == _expect(json.loads(out.read_text())["q1"])
         status, info = http(f"{url}/info")
         assert info["searcher"]["retriever"] == "dense" and info["searcher"]["ntotal"] == 8
         assert info["searcher"]["dim"] == 32 and info["limits"]["max_k"] == 1000
@@ -255,3 +258,45 @@ def test_cli_serve_answers_like_search_and_stops_on_sigterm(indexes, tiny_beir, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_minilm_scifact_subset_serve_equals_search(scifact_dir, tmp_path, capsys):
+    """The packaged MiniLM over 300 SciFact documents: every one of 40 test queries, sent concurrently (so
+    micro-batched), gets retr search's hits."""
+    import numpy as np
+
+    from retr.retriever.data import load_beir
+    from retr.retriever.searcher import SearchSetup, open_searcher
+
+    ds = load_beir(scifact_dir, "test")
+    qids = sorted(ds.qrels)[:40]
+    judged = sorted({d for q in qids for d in ds.qrels[q]})
+    others = [d for d in np.random.default_rng(0).permutation(list(ds.corpus.ids)) if d not in set(judged)]
+    docs = [(d, ds.corpus.titles[ds.corpus.index_of(d)], ds.corpus.texts[ds.corpus.index_of(d)])
+            for d in judged + others[:300 - len(judged)]]
+    data = write_beir(tmp_path / "sub", docs=docs, queries=[(q, ds.queries[q]) for q in qids],
+                      qrels=[(q, d, s) for q in qids for d, s in ds.qrels[q].items()])
+    code, _, err = run_cli(["index", "-m", "minilm", "-d", data, "-o", tmp_path / "idx"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "--queries", data, "-k", "10", "-o", tmp_path / "s.json"],
+                           capsys)
+    assert code == 0, err
+    expected = json.loads((tmp_path / "s.json").read_text())
+    results: dict[str, list] = {}
+    with serving(open_searcher(SearchSetup(index=[tmp_path / "idx"], show_progress=False))) as (url, app):
+        def ask(qid: str) -> None:
+            status, body = http(f"{url}/search", {"query": ds.queries[qid]})
+            assert status == 200, body
+            results[qid] = body["hits"]
+
+        threads = [threading.Thread(target=ask, args=(q,)) for q in qids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = app.state.batcher.stats
+    assert set(results) == set(expected) == set(qids)
+    for q in qids:
+        assert _hits(results[q]) == _expect(expected[q]), q
+    assert stats.queries == 40 and stats.forwards < 40  # merged
