@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -276,7 +277,7 @@ def create_app(searcher: Any, config: ServeConfig | None = None, batcher: MicroB
             await batcher.close()
             log.info("batcher drained: %d forwards, %d queries", batcher.stats.forwards, batcher.stats.queries)
 
-    app = FastAPI(title="retr", version=str(cfg.info.get("retr_version", "")), lifespan=lifespan,
+    app = FastAPI(title="retr", version=str(cfg.info.get("retr_version") or "0"), lifespan=lifespan,
                   description="Dense / BM25 / hybrid retrieval with optional cross-encoder reranking.")
     app.state.batcher = batcher
     errors = {c: {"model": ErrorResponse} for c in (400, 413, 422, 503)}
@@ -365,12 +366,15 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     return sock
 
 
-def run_server(app: FastAPI, sock: socket.socket, log_level: str = "info",
-               graceful_timeout: float = 30.0) -> int | None:
+def run_server(app: FastAPI, sock: socket.socket, log_level: str = "info", graceful_timeout: float = 30.0,
+               switch_interval_ms: float = 1.0) -> int | None:
     """Serve ``app`` with uvicorn until SIGINT/SIGTERM: then stop accepting, finish open requests (at most
     ``graceful_timeout`` seconds) on ``sock`` (from ``bind``), drain the batcher (lifespan shutdown) and return the signal that stopped it
     (``None`` if none did). In the main thread the caller's SIGINT/SIGTERM handlers are left out while serving
-    (uvicorn re-raises the signal it handled once it has shut down; here that is swallowed: the stop was clean)."""
+    (uvicorn re-raises the signal it handled once it has shut down; here that is swallowed: the stop was clean).
+    ``switch_interval_ms``: Python's GIL switch interval while serving (default 5 ms): the search thread gives the
+    GIL back between torch ops and must win it back from the HTTP thread; a shorter interval keeps the forward
+    from waiting up to 5 ms per op while requests are being parsed."""
     import signal
     import threading
 
@@ -385,9 +389,12 @@ def run_server(app: FastAPI, sock: socket.socket, log_level: str = "info",
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval_ms / 1000.0)
     try:
         server.run(sockets=[sock])
     finally:
+        sys.setswitchinterval(old_interval)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return received[0] if received else None
