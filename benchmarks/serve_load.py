@@ -159,7 +159,7 @@ def check_against_search(index: Path, data: Path, port: int, common: list[str], 
         qfile, out = Path(tmp) / "q.jsonl", Path(tmp) / "hits.json"
         qfile.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
         subprocess.run([*RETR, "search", "-i", str(index), "--queries", str(qfile), "-k", str(k), "-o", str(out),
-                        *common], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                        *common[:2]], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         expected = json.loads(out.read_text())
     qids = list(queries)
 
@@ -209,6 +209,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--modes", default="on,off", help="Comma list of: on (micro-batching), off (one per forward).")
+    ap.add_argument("--server-args", default="", help="Extra `retr serve` options for both runs (one string).")
     ap.add_argument("--check", action="store_true", help="First compare the test queries' hits with retr search.")
     ap.add_argument("--output", type=Path, help="Write the results as JSON here.")
     args = ap.parse_args()
@@ -218,7 +219,7 @@ def main() -> None:
         print(f"building {args.index} ...", flush=True)
         subprocess.run([*RETR, "index", "-m", "minilm", "-d", str(args.data), "-o", str(args.index)], check=True, cwd=REPO)
     texts = list(read_queries(args.data).values())
-    common = ["--precision", args.precision]
+    common = ["--precision", args.precision, *args.server_args.split()]
     modes = {"on": ["--max-wait-ms", str(args.max_wait_ms), "--max-batch", str(args.max_batch)],
              "off": ["--no-micro-batching"]}
     results: dict[str, dict] = {"machine": machine(), "index": str(args.index), "precision": args.precision}
