@@ -53,6 +53,23 @@ RerankTopK = Annotated[int, typer.Option("--rerank-top-k", help="Hits per query 
 RerankAlpha = Annotated[Optional[float], typer.Option("--rerank-alpha", help="Order the reranked hits by alpha * "
                                                       "cross-encoder + (1 - alpha) * first-stage score (both min-max "
                                                       "normalised per query); default: the cross-encoder alone.")]
+Index = Annotated[list[Path], typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or "
+                                      "--bm25). Repeat it to search several dense indexes of one model as one (e.g. "
+                                      "one per embeddings shard; hits merged by score); one BM25 index plus dense "
+                                      "ones = hybrid (fused by --fusion).")]
+Fusion = Annotated[str, typer.Option("--fusion", help="Hybrid fusion: rrf (reciprocal rank) or weighted "
+                                     "(min-max normalised score sum).")]
+FusionAlpha = Annotated[float, typer.Option("--alpha", help="Weighted fusion: weight of the dense run (BM25 gets 1-alpha).")]
+RrfK = Annotated[int, typer.Option("--rrf-k", help="RRF constant k in 1/(k + rank).")]
+EfSearch = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch for this search (no rebuild).")]
+Nprobe = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited for this search (no rebuild).")]
+Rescore = Annotated[Optional[int], typer.Option("--rescore", help="Fetch this many candidates and re-score them "
+                                                "exactly from stored vectors (PQ indexes built with --store-vectors).")]
+Mmap = Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")]
+K1 = Annotated[float, typer.Option("--k1", help="BM25 k1 (BM25 indexes).")]
+B = Annotated[float, typer.Option("--b", help="BM25 b (BM25 indexes).")]
+RerankCorpus = Annotated[Optional[Path], typer.Option("--corpus", help="With --rerank: the corpus the index was built "
+                                                      "from (BEIR folder or corpus.jsonl), for the passages' text.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 

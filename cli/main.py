@@ -14,6 +14,7 @@ from .index_cmd import index_app
 from .init_model_cmd import init_model_command
 from .mine_cmd import mine_command
 from .search_cmd import search_command
+from .serve_cmd import serve_command
 from .train_cmd import train_command
 
 app = typer.Typer(
@@ -26,6 +27,8 @@ app = typer.Typer(
 )
 app.add_typer(index_app, name="index")
 app.command("search", help="Search an index with one query or a BEIR/JSONL query file; write TREC run and JSON.")(search_command)
+app.command("serve", help="Serve an index over HTTP (POST /search, /batch_search; GET /health, /info, /docs), "
+            "with the options of `retr search`; concurrent requests share one encoder forward.")(serve_command)
 app.command("eval", help="Evaluate a model on a BEIR dataset: encode -> index -> search -> metrics.")(eval_command)
 app.command("encode", help="Encode a corpus (or one shard of it; torchrun-aware) into embeddings for "
             "`retr index --from-embeddings`.")(encode_command)

@@ -3,11 +3,9 @@ memory holds the hits of ``QUERY_BLOCK`` queries at a time)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Optional
 
 import typer
@@ -18,9 +16,7 @@ QUERY_BLOCK = 1024  # queries searched (and their hits held) at a time
 
 
 def search_command(
-    index: Annotated[list[Path], typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or "
-                                              "--bm25). Repeat it to search several dense indexes of one model as "
-                                              "one (e.g. one per embeddings shard); hits are merged by score.")],
+    index: common.Index,
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a TSV of "
                                                      "qid<TAB>text, or a BEIR folder.")] = None,
@@ -28,18 +24,19 @@ def search_command(
     k: Annotated[int, typer.Option("--k", "-k", help="Hits per query.")] = 10,
     run: Annotated[Optional[Path], typer.Option("--run", help="Write a TREC run file here.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write hits as JSON here.")] = None,
-    ef_search: Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch for this search (no rebuild).")] = None,
-    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited for this search (no rebuild).")] = None,
-    rescore: Annotated[Optional[int], typer.Option("--rescore", help="Fetch this many candidates and re-score them "
-                                                    "exactly from stored vectors (PQ indexes built with --store-vectors).")] = None,
-    mmap: Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")] = False,
-    k1: Annotated[float, typer.Option("--k1", help="BM25 k1 (BM25 indexes).")] = 0.9,
-    b: Annotated[float, typer.Option("--b", help="BM25 b (BM25 indexes).")] = 0.4,
+    ef_search: common.EfSearch = None,
+    nprobe: common.Nprobe = None,
+    rescore: common.Rescore = None,
+    mmap: common.Mmap = False,
+    k1: common.K1 = 0.9,
+    b: common.B = 0.4,
+    fusion: common.Fusion = "rrf",
+    alpha: common.FusionAlpha = 0.5,
+    rrf_k: common.RrfK = 60,
     rerank: common.Rerank = None,
     rerank_top_k: common.RerankTopK = 100,
     rerank_alpha: common.RerankAlpha = None,
-    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="With --rerank: the corpus the index was built "
-                                                    "from (BEIR folder or corpus.jsonl), for the passages' text.")] = None,
+    corpus: common.RerankCorpus = None,
     precision: common.Precision = "auto",
     threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
@@ -51,40 +48,18 @@ def search_command(
     from retr.retriever.data.queries import read_queries
     from retr.indexing.atomic import atomic_file
     from retr.retriever.data.trec import TrecRunWriter
-    from retr.retriever.search import DenseRetriever
+    from retr.retriever.searcher import SearchSetup, open_searcher
 
     if not query and queries is None:
         raise typer.BadParameter("give --query TEXT or --queries FILE")
-    if rerank and corpus is None:
-        raise typer.BadParameter("--rerank needs --corpus (the passages' text)")
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))
-    if any((i / "lucene").is_dir() for i in index):
-        from retr.retriever.bm25 import BM25Retriever
-
-        if len(index) > 1:
-            raise ValueError("several --index values are for dense indexes; give one BM25 index")
-        retriever = BM25Retriever(index[0], k1=k1, b=b)
-        meta, search = retriever.meta, retriever.batch_search
-    else:
-        dense = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size,
-                                    **common.encoder_overrides(torch_dtype=torch_dtype))
-        dense.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
-        dense.encoder.set_precision(precision)
-        meta, search = dense.index.meta, functools.partial(dense.batch_search, rescore=rescore)
-    if rerank:
-        from retr.indexing.atomic import check_built_from
-        from retr.retriever.data.beir import load_beir
-        from retr.retriever.data.corpus import load_corpus
-        from retr.retriever.rerank import Reranker, RerankingRetriever
-
-        docs = load_corpus(corpus) if corpus.is_file() else load_beir(corpus, split=None).corpus
-        check_built_from(meta, docs.fingerprint, index[0])
-        reranker = Reranker(rerank, show_progress=True)
-        reranker.model.precision = precision
-        first_stage = SimpleNamespace(batch_search=search)  # the one method RerankingRetriever calls
-        search = RerankingRetriever(first_stage, reranker, docs, top_k=rerank_top_k, alpha=rerank_alpha).batch_search
+    search = open_searcher(SearchSetup(
+        index=index, model=model, mmap=mmap, ef_search=ef_search, nprobe=nprobe, rescore=rescore, k1=k1, b=b,
+        fusion=fusion, alpha=alpha, rrf_k=rrf_k, rerank=rerank, rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha,
+        corpus=corpus, precision=precision, batch_size=batch_size,
+        encoder_overrides=common.encoder_overrides(torch_dtype=torch_dtype))).batch_search
     qids = list(qmap)
     shown: dict = {}
     with contextlib.ExitStack() as stack:  # run and JSON written block by block, renamed into place at the end

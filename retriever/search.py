@@ -43,6 +43,7 @@ class DenseRetriever:
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.name = encoder.name
+        self.rescore: int | None = None  # default of batch_search's ``rescore`` (PQ indexes with stored vectors)
 
     # ---------- construction ----------
     @classmethod
@@ -117,7 +118,8 @@ class DenseRetriever:
             raise ValueError(f"{len(queries)} queries but {len(qids)} qids")
         qvecs = self.encoder.encode_queries(list(queries), batch_size=self.batch_size,
                                             show_progress=self.show_progress and len(queries) > self.batch_size)
-        return self.search_vectors(qvecs, qids, k, threads=threads, rescore=rescore)
+        return self.search_vectors(qvecs, qids, k, threads=threads,
+                                   rescore=self.rescore if rescore is None else rescore)
 
     def search_vectors(self, qvecs: np.ndarray, qids: Sequence[str], k: int, threads: int | None = None,
                        rescore: int | None = None) -> Run:
