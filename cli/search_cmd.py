@@ -18,27 +18,28 @@ QUERY_BLOCK = 1024  # queries searched (and their hits held) at a time
 
 
 def search_command(
-    index: Annotated[list[Path], typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or "
+    ctx: typer.Context,
+    index: Annotated[list[Path], typer.Option("--index", "-i", exists=True, file_okay=False, help="Index directory made by `retr index` (dense or "
                                               "--bm25). Repeat it to search several dense indexes of one model as "
                                               "one (e.g. one per embeddings shard); hits are merged by score.")],
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
-    queries: Annotated[Optional[Path], typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a TSV of "
+    queries: Annotated[Optional[Path], typer.Option("--queries", exists=True, help="Queries file: BEIR queries.jsonl, a TSV of "
                                                      "qid<TAB>text, or a BEIR folder.")] = None,
     model: common.OptModel = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Hits per query.")] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per query.")] = 10,
     run: Annotated[Optional[Path], typer.Option("--run", help="Write a TREC run file here.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write hits as JSON here.")] = None,
-    ef_search: Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch for this search (no rebuild).")] = None,
-    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited for this search (no rebuild).")] = None,
-    rescore: Annotated[Optional[int], typer.Option("--rescore", help="Fetch this many candidates and re-score them "
+    ef_search: Annotated[Optional[int], typer.Option("--ef-search", min=1, help="HNSW efSearch for this search (no rebuild).")] = None,
+    nprobe: Annotated[Optional[int], typer.Option("--nprobe", min=1, help="IVF lists visited for this search (no rebuild).")] = None,
+    rescore: Annotated[Optional[int], typer.Option("--rescore", min=1, help="Fetch this many candidates and re-score them "
                                                     "exactly from stored vectors (PQ indexes built with --store-vectors).")] = None,
     mmap: Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")] = False,
-    k1: Annotated[float, typer.Option("--k1", help="BM25 k1 (BM25 indexes).")] = 0.9,
-    b: Annotated[float, typer.Option("--b", help="BM25 b (BM25 indexes).")] = 0.4,
+    k1: Annotated[float, typer.Option("--k1", min=0.0, help="BM25 k1 (BM25 indexes).")] = 0.9,
+    b: Annotated[float, typer.Option("--b", min=0.0, max=1.0, help="BM25 b (BM25 indexes).")] = 0.4,
     rerank: common.Rerank = None,
     rerank_top_k: common.RerankTopK = 100,
     rerank_alpha: common.RerankAlpha = None,
-    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="With --rerank: the corpus the index was built "
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", exists=True, help="With --rerank: the corpus the index was built "
                                                     "from (BEIR folder or corpus.jsonl), for the passages' text.")] = None,
     precision: common.Precision = "auto",
     threads: common.Threads = 0,
@@ -48,7 +49,7 @@ def search_command(
     common.setup_logging(verbose)
     common.check_outputs(files={"--run": run, "--output": output})
     from retr.retriever.data.queries import read_queries
-    from retr.indexing.atomic import atomic_file
+    from retr.indexing.atomic import ArtifactError, atomic_file
     from retr.retriever.data.trec import TrecRunWriter
     from retr.retriever.search import DenseRetriever
 
@@ -56,6 +57,8 @@ def search_command(
         raise typer.BadParameter("give --query TEXT or --queries FILE")
     if rerank and corpus is None:
         raise typer.BadParameter("--rerank needs --corpus (the passages' text)")
+    if not rerank:
+        common.reject_given(ctx, ("rerank_top_k", "rerank_alpha", "corpus"), "without --rerank")
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))
@@ -64,11 +67,19 @@ def search_command(
 
         if len(index) > 1:
             raise ValueError("several --index values are for dense indexes; give one BM25 index")
+        dense_only = ("model", "rescore", "mmap", "ef_search", "nprobe", "batch_size")
+        common.reject_given(ctx, dense_only if rerank else (*dense_only, "precision"), "to a BM25 index")
         retriever = BM25Retriever(index[0], k1=k1, b=b)
         meta, search = retriever.meta, retriever.batch_search
     else:
+        common.reject_given(ctx, ("k1", "b"), "to a dense index")
         dense = DenseRetriever.load(index, model=model, mmap=mmap, batch_size=batch_size)
-        dense.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
+        applied = dense.index.set_search_params(ef_search=ef_search, nprobe=nprobe)
+        kinds = {"ef_search": "HNSW", "nprobe": "IVF"}
+        for name in sorted({"ef_search", "nprobe"} - applied):
+            common.reject_given(ctx, (name,), f"to a {dense.index.meta.get('factory')} index (only to {kinds[name]})")
+        if rescore and dense.index.vectors is None:
+            raise ArtifactError(f"{index[0]}: --rescore needs stored vectors; rebuild the index with --store-vectors")
         dense.encoder.set_precision(precision)
         meta, search = dense.index.meta, functools.partial(dense.batch_search, rescore=rescore)
     if rerank:

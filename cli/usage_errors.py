@@ -54,7 +54,8 @@ def _value_problem(e: Any) -> str:
                     pass
             msg = str(first.get("msg", ""))
             return _sentence(msg.removeprefix("Value error, "))
-    return _sentence(getattr(e, "message", None) or e.format_message())
+    text = _sentence(getattr(e, "message", None) or e.format_message())
+    return "directory " + text[4:] if text.startswith("dir '") else text  # click's path checks say "dir 'x' ..."
 
 
 def command_path(group: Any, args: list[str], prog: str = "retr") -> str:

@@ -78,30 +78,52 @@ class IndexSpec:
         factory = self.factory_string(dim, n)
         if n < 1:
             raise ValueError("cannot build an index of 0 vectors")
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits", "train_sample"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         try:
             index = faiss.index_factory(dim, factory, _metric(self.metric))
         except RuntimeError as e:
             raise ValueError(f"index type {factory!r} is not valid for dim {dim} ({_faiss_reason(e)})") from None
         if index.is_trained:
             return factory
+        n_train = min(n, self.train_sample)  # what build() trains on
+        have = f"the corpus has {n}" if n_train == n else f"--train-sample is {n_train}"
         try:
             nlist = faiss.extract_index_ivf(index).nlist
         except RuntimeError:
             nlist = 0
-        if nlist > n:
-            raise ValueError(f"{factory}: {nlist} IVF lists need at least {nlist} vectors to train, the corpus has {n} "
-                             f"(use --nlist {max(1, n // 39)} or fewer, or -t flat)")
+        if nlist > n_train:
+            raise ValueError(f"{factory}: {nlist} IVF lists need at least {nlist} vectors to train, {have} "
+                             f"(use --nlist {max(1, n_train // 39)} or fewer, or -t flat)")
         base = faiss.downcast_index(faiss.extract_index_ivf(index) if nlist else index)
         pq = getattr(base, "pq", None)
-        if pq is not None and pq.ksub > n:
-            raise ValueError(f"{factory}: {pq.nbits}-bit PQ codes need at least {pq.ksub} vectors to train, the corpus "
-                             f"has {n} (use --pq-bits {max(1, int(np.log2(max(n, 2))))} or less, or -t flat)")
-        if n < 5000:  # other trained types: a trial run on random data is cheap at this size
+        if pq is not None and pq.ksub > n_train:
+            raise ValueError(f"{factory}: {pq.nbits}-bit PQ codes need at least {pq.ksub} vectors to train, {have} "
+                             f"(use --pq-bits {max(1, int(np.log2(max(n_train, 2))))} or less, or -t flat)")
+        if n_train < 5000:  # other trained types: a trial run on random data is cheap at this size
             try:
-                index.train(np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32))
+                index.train(np.random.default_rng(0).standard_normal((n_train, dim)).astype(np.float32))
             except RuntimeError as e:
-                raise ValueError(f"{factory} cannot be trained on {n} vectors ({_faiss_reason(e)})") from None
+                raise ValueError(f"{factory} cannot be trained on {n_train} vectors ({_faiss_reason(e)})") from None
         return factory
+
+    def unused_params(self) -> list[str]:
+        """The tuning parameters this index type ignores (``flat`` ignores all; a raw factory string carries its
+        own list count, PQ size and HNSW M), so a caller can refuse them instead of silently dropping them."""
+        uses = _USES.get(self.index_type)
+        if uses is None:  # a factory string
+            f = self.index_type.upper()
+            uses = {"train_sample"} | ({"ef_construction", "ef_search"} if f.startswith("HNSW") else set()) \
+                | ({"nprobe"} if "IVF" in f else set())
+        return [p for p in TUNABLE if p not in uses]
+
+
+TUNABLE = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits", "train_sample")
+_USES = {"flat": set(), "hnsw": {"hnsw_m", "ef_construction", "ef_search"}, "ivf": {"nlist", "nprobe", "train_sample"},
+         "pq": {"pq_m", "pq_bits", "train_sample"}, "ivfpq": {"nlist", "nprobe", "pq_m", "pq_bits", "train_sample"},
+         "sq8": {"train_sample"}}
 
 
 def _faiss_reason(e: Exception) -> str:
@@ -234,19 +256,24 @@ class FaissIndex:
     def __len__(self) -> int:
         return len(self.docids)
 
-    def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
-        """Search-time knobs that need no rebuild (HNSW efSearch, IVF nprobe)."""
+    def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> set[str]:
+        """Search-time knobs that need no rebuild (HNSW efSearch, IVF nprobe). Returns the names of the knobs
+        given that this index (or one of its parts) has; the others do nothing here."""
+        applied: set[str] = set()
         for part in self.parts:
-            part.set_search_params(ef_search, nprobe)
+            applied |= part.set_search_params(ef_search, nprobe)
         base = faiss.downcast_index(self.index)
         if ef_search is not None and hasattr(base, "hnsw"):
             base.hnsw.efSearch = int(ef_search)
+            applied.add("ef_search")
         if nprobe is not None:
             try:
                 ivf = faiss.extract_index_ivf(self.index)
                 ivf.nprobe = int(nprobe)
+                applied.add("nprobe")
             except RuntimeError:
                 pass
+        return applied
 
     # ---------- searching ----------
     def search(self, queries: np.ndarray, k: int, rescore: int | None = None,
