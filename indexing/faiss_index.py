@@ -82,14 +82,17 @@ class IndexSpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        n_train = min(n, self.train_sample)  # what build() trains on
+        have = f"the corpus has {n}" if n_train == n else f"--train-sample is {n_train}"
+        if self.index_type in ("ivf", "ivfpq") and self.nlist and self.nlist > n_train:  # before FAISS allocates them
+            raise ValueError(f"{factory}: {self.nlist} IVF lists need at least {self.nlist} vectors to train, {have} "
+                             f"(use --nlist {max(1, n_train // 39)} or fewer, or -t flat)")
         try:
             index = faiss.index_factory(dim, factory, _metric(self.metric))
         except RuntimeError as e:
             raise ValueError(f"index type {factory!r} is not valid for dim {dim} ({_faiss_reason(e)})") from None
         if index.is_trained:
             return factory
-        n_train = min(n, self.train_sample)  # what build() trains on
-        have = f"the corpus has {n}" if n_train == n else f"--train-sample is {n_train}"
         try:
             nlist = faiss.extract_index_ivf(index).nlist
         except RuntimeError:
@@ -278,8 +281,9 @@ class FaissIndex:
     # ---------- searching ----------
     def search(self, queries: np.ndarray, k: int, rescore: int | None = None,
                threads: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-``k`` rows for each query: (scores [nq, k'], ids). ``rescore=R`` fetches R candidates and
-        re-scores them exactly from the stored vectors (needs ``vectors.npy``)."""
+        """Top-``k`` rows for each query: (scores [nq, k'], ids), best first and higher scores better (an ``l2``
+        index scores by minus the squared distance). ``rescore=R`` fetches R candidates and re-scores them
+        exactly from the stored vectors (needs ``vectors.npy``)."""
         queries = _as_f32(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise IndexMismatchError(f"query vectors have dim {queries.shape[-1]}, index has {self.dim}")
@@ -298,6 +302,8 @@ class FaissIndex:
             scores, rows = self._rescore(queries, rows, k_eff)
         else:
             scores, rows = scores[:, :k_eff], rows[:, :k_eff]
+            if self.meta.get("metric", "ip") == "l2":  # FAISS gives squared distances (nearest first, smallest):
+                scores = -scores  # higher-is-better like every other score (runs, fusion, metrics; as _rescore)
         ids = [[self.docids[r] for r in row if r >= 0] for row in rows]
         return scores, ids
 
