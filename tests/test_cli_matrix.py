@@ -81,6 +81,7 @@ CASES = [
                                              "corpus has 8", "load"),
     (INDEX, ["-t", "ivf", "--nlist", "4", "--train-sample", "2"], "4 IVF lists need at least 4 vectors to train, "
                                                                   "--train-sample is 2", "load"),
+    (INDEX, ["-t", "ivf", "--nlist", str(10**12)], f"{10**12} IVF lists need at least {10**12} vectors", "load"),
     (INDEX, ["-t", "pq", "--pq-m", "4"], "8-bit PQ codes need at least 256 vectors to train, the corpus has 8", "load"),
     (["index", "-m", "{model}", "-d", "{missing}", "-o", "{out}"], [], "retr index: --data: path '{missing}' does not "
                                                                       "exist", "parse"),
