@@ -19,7 +19,7 @@ QUERY_BLOCK = 1024  # queries searched (and their hits held) at a time
 
 def search_command(
     ctx: typer.Context,
-    index: Annotated[list[Path], typer.Option("--index", "-i", exists=True, file_okay=False, help="Index directory made by `retr index` (dense or "
+    index: Annotated[list[Path], typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or "
                                               "--bm25). Repeat it to search several dense indexes of one model as "
                                               "one (e.g. one per embeddings shard); hits are merged by score.")],
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
