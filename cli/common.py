@@ -4,18 +4,38 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 import typer
 
-Model = Annotated[str, typer.Option("--model", "-m", help="Encoder: a local model directory, a Hugging Face hub id, "
-                                    "or `minilm` (the packaged all-MiniLM-L6-v2).")]
-OptModel = Annotated[Optional[str], typer.Option("--model", "-m", help="Encoder (default: the model recorded in the "
-                                                 "index's meta.json). Local directory, hub id, or `minilm`.")]
-Data = Annotated[Path, typer.Option("--data", "-d", help="BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")]
+PRECISIONS = Literal["auto", "fp32", "fp16", "bf16"]
+POOLINGS = Literal["mean", "cls", "last"]
+
+
+def check_model(value: Optional[str]) -> Optional[str]:
+    """Option callback: a model name that looks like a path must be a directory (checked while parsing, before
+    a corpus is read or anything encoded); ``bm25`` (a teacher) and hub ids pass unchecked."""
+    if value is None or value.lower() == "bm25":
+        return value
+    from retr.retriever.modeling.resolve import resolve_model_path
+
+    try:
+        resolve_model_path(value)
+    except (OSError, ImportError) as e:  # a missing directory; `minilm` without its package
+        raise typer.BadParameter(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    return value
+
+
+Model = Annotated[str, typer.Option("--model", "-m", callback=check_model, help="Encoder: a local model directory, a "
+                                    "Hugging Face hub id, or `minilm` (the packaged all-MiniLM-L6-v2).")]
+OptModel = Annotated[Optional[str], typer.Option("--model", "-m", callback=check_model, help="Encoder (default: the "
+                                                 "model recorded in the index's meta.json). Local directory, hub id, "
+                                                 "or `minilm`.")]
+Data = Annotated[Path, typer.Option("--data", "-d", exists=True, file_okay=False, help="BEIR dataset folder "
+                                    "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")]
 Split = Annotated[str, typer.Option("--split", help="Qrels split to evaluate (file qrels/<split>.tsv).")]
-Pooling = Annotated[Optional[str], typer.Option("--pooling", help="Pooling: mean, cls or last (default: read from the "
-                                                "model's 1_Pooling/config.json, else mean).")]
+Pooling = Annotated[Optional[POOLINGS], typer.Option("--pooling", help="Pooling: mean, cls or last (default: read from "
+                                                     "the model's 1_Pooling/config.json, else mean).")]
 Normalize = Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalise embeddings "
                                                    "(default: as the model's modules.json says, else on).", show_default=False)]
 QueryPrefix = Annotated[Optional[str], typer.Option("--query-prefix", help="Text prepended to every query (e.g. 'query: ').")]
@@ -31,44 +51,45 @@ TorchDtype = Annotated[Optional[str], typer.Option("--torch-dtype", help="dtype 
                                                   "(the checkpoint's own) | fp32 | fp16 | bf16 (half the memory of "
                                                   "fp32, for big decoder embedders). Default: transformers' default. "
                                                   "Recorded in an index's meta.json when not fp32.")]
-QueryMaxLen = Annotated[Optional[int], typer.Option("--query-max-length", help="Max query tokens (default: model's max_seq_length).")]
-PassageMaxLen = Annotated[Optional[int], typer.Option("--passage-max-length", help="Max passage tokens (default: model's max_seq_length).")]
-Dim = Annotated[Optional[int], typer.Option("--dim", help="Keep the first DIM components of every embedding "
+QueryMaxLen = Annotated[Optional[int], typer.Option("--query-max-length", min=1, help="Max query tokens (default: model's max_seq_length).")]
+PassageMaxLen = Annotated[Optional[int], typer.Option("--passage-max-length", min=1, help="Max passage tokens (default: model's max_seq_length).")]
+Dim = Annotated[Optional[int], typer.Option("--dim", min=1, help="Keep the first DIM components of every embedding "
                                             "(re-normalised when the model normalises): for Matryoshka-trained "
                                             "models (`retr train --matryoshka-dims`). Recorded in the index's "
                                             "meta.json; queries are truncated alike. Default: the full vector.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per encoder forward pass.")]
-BlockSize = Annotated[int, typer.Option("--block-size", help="Passages read, tokenised and encoded per block; "
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Texts per encoder forward pass.")]
+BlockSize = Annotated[int, typer.Option("--block-size", min=1, help="Passages read, tokenised and encoded per block; "
                                         "vectors go to disk after each block, and a killed run resumes at the last "
                                         "finished one. Memory grows with it (~160 MiB per 8,192 passages).")]
-Threads = Annotated[int, typer.Option("--threads", help="Threads for batch search (FAISS/Lucene); 0 = all cores.")]
+Threads = Annotated[int, typer.Option("--threads", min=0, help="Threads for batch search (FAISS/Lucene); 0 = all cores.")]
 AllowMissingDocs = Annotated[bool, typer.Option("--allow-missing-docs", help="Keep qrels rows whose corpus-id is not in "
                                                 "corpus.jsonl (BEIR keeps them; ArguAna has 5) instead of failing.")]
-Precision = Annotated[str, typer.Option("--precision", help="Inference autocast: auto (fp16 on CUDA, fp32 on CPU), "
-                                        "fp32, fp16 or bf16 (about 1.7x faster on CPUs with AVX512-BF16, "
-                                        "embeddings differ by ~1e-3).")]
-Rerank = Annotated[Optional[str], typer.Option("--rerank", help="Cross-encoder (directory or hub id) that reranks "
-                                                "the first stage's top hits.")]
-RerankTopK = Annotated[int, typer.Option("--rerank-top-k", help="Hits per query the cross-encoder reranks.")]
-RerankAlpha = Annotated[Optional[float], typer.Option("--rerank-alpha", help="Order the reranked hits by alpha * "
-                                                      "cross-encoder + (1 - alpha) * first-stage score (both min-max "
-                                                      "normalised per query); default: the cross-encoder alone.")]
+Precision = Annotated[PRECISIONS, typer.Option("--precision", help="Inference autocast: auto (fp16 on CUDA, fp32 on "
+                                               "CPU), fp32, fp16 or bf16 (about 1.7x faster on CPUs with AVX512-BF16, "
+                                               "embeddings differ by ~1e-3).")]
+Rerank = Annotated[Optional[str], typer.Option("--rerank", callback=check_model, help="Cross-encoder (directory or hub "
+                                               "id) that reranks the first stage's top hits.")]
+RerankTopK = Annotated[int, typer.Option("--rerank-top-k", min=1, help="Hits per query the cross-encoder reranks.")]
+RerankAlpha = Annotated[Optional[float], typer.Option("--rerank-alpha", min=0.0, max=1.0, help="Order the reranked "
+                                                      "hits by alpha * cross-encoder + (1 - alpha) * first-stage score "
+                                                      "(both min-max normalised per query); default: the cross-encoder "
+                                                      "alone.")]
 Index = Annotated[list[Path], typer.Option("--index", "-i", help="Index directory made by `retr index` (dense or "
                                       "--bm25). Repeat it to search several dense indexes of one model as one (e.g. "
                                       "one per embeddings shard; hits merged by score); one BM25 index plus dense "
                                       "ones = hybrid (fused by --fusion).")]
-Fusion = Annotated[str, typer.Option("--fusion", help="Hybrid fusion: rrf (reciprocal rank) or weighted "
+Fusion = Annotated[Literal["rrf", "weighted"], typer.Option("--fusion", help="Hybrid fusion: rrf (reciprocal rank) or weighted "
                                      "(min-max normalised score sum).")]
-FusionAlpha = Annotated[float, typer.Option("--alpha", help="Weighted fusion: weight of the dense run (BM25 gets 1-alpha).")]
-RrfK = Annotated[int, typer.Option("--rrf-k", help="RRF constant k in 1/(k + rank).")]
-EfSearch = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch for this search (no rebuild).")]
-Nprobe = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists visited for this search (no rebuild).")]
-Rescore = Annotated[Optional[int], typer.Option("--rescore", help="Fetch this many candidates and re-score them "
+FusionAlpha = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Weighted fusion: weight of the dense run (BM25 gets 1-alpha).")]
+RrfK = Annotated[int, typer.Option("--rrf-k", min=0, help="RRF constant k in 1/(k + rank).")]
+EfSearch = Annotated[Optional[int], typer.Option("--ef-search", min=1, help="HNSW efSearch for this search (no rebuild).")]
+Nprobe = Annotated[Optional[int], typer.Option("--nprobe", min=1, help="IVF lists visited for this search (no rebuild).")]
+Rescore = Annotated[Optional[int], typer.Option("--rescore", min=1, help="Fetch this many candidates and re-score them "
                                                 "exactly from stored vectors (PQ indexes built with --store-vectors).")]
 Mmap = Annotated[bool, typer.Option("--mmap", help="Memory-map the index instead of reading it into RAM.")]
-K1 = Annotated[float, typer.Option("--k1", help="BM25 k1 (BM25 indexes).")]
-B = Annotated[float, typer.Option("--b", help="BM25 b (BM25 indexes).")]
-RerankCorpus = Annotated[Optional[Path], typer.Option("--corpus", help="With --rerank: the corpus the index was built "
+K1 = Annotated[float, typer.Option("--k1", min=0.0, help="BM25 k1 (BM25 indexes).")]
+B = Annotated[float, typer.Option("--b", min=0.0, max=1.0, help="BM25 b (BM25 indexes).")]
+RerankCorpus = Annotated[Optional[Path], typer.Option("--corpus", exists=True, help="With --rerank: the corpus the index was built "
                                                       "from (BEIR folder or corpus.jsonl), for the passages' text.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
@@ -92,6 +113,27 @@ def encoder_overrides(pooling: str | None = None, normalize: bool | None = None,
                  query_max_length=query_max_length, passage_max_length=passage_max_length, truncate_dim=dim,
                  torch_dtype=torch_dtype)
     return {k: v for k, v in given.items() if v is not None}
+
+
+def given(ctx: typer.Context, names: Sequence[str]) -> list[str]:
+    """The options among parameter ``names`` that the user set (command line or environment), as flags."""
+    flags = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name in names else None
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            flags.append(max(param.opts, key=len))
+    return flags
+
+
+def reject_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:
+    """Refuse, in one line and before any work, options the user set that would do nothing ``why``
+    (e.g. "with --from-embeddings"), rather than silently ignore them."""
+    flags = given(ctx, names)
+    if flags:
+        raise typer.BadParameter(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply {why}")
+
+
+ENCODER_OPTIONS = ("pooling", "normalize", "query_prefix", "passage_prefix", "query_max_length", "passage_max_length")
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -17,10 +17,10 @@ log = logging.getLogger("retr.cli")
 
 def encode_command(
     model: common.Model,
-    data: Annotated[Path, typer.Option("--data", "-d", help="BEIR dataset folder or corpus.jsonl.")],
+    data: Annotated[Path, typer.Option("--data", "-d", exists=True, help="BEIR dataset folder or corpus.jsonl.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Embeddings directory (shards are written inside).")],
-    shard: Annotated[Optional[int], typer.Option("--shard", help="Which shard to encode (default: torchrun RANK, else 0).")] = None,
-    num_shards: Annotated[Optional[int], typer.Option("--num-shards", help="How many shards the corpus is split into "
+    shard: Annotated[Optional[int], typer.Option("--shard", min=0, help="Which shard to encode (default: torchrun RANK, else 0).")] = None,
+    num_shards: Annotated[Optional[int], typer.Option("--num-shards", min=1, help="How many shards the corpus is split into "
                                                        "(default: torchrun WORLD_SIZE, else 1).")] = None,
     batch_size: common.BatchSize = 64,
     block_size: common.BlockSize = 8192,

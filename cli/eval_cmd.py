@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -14,9 +14,10 @@ log = logging.getLogger("retr.cli")
 
 
 def eval_command(
-    data: Annotated[list[Path], typer.Option("--data", "-d", help="BEIR dataset folder (repeatable), or a folder of "
+    ctx: typer.Context,
+    data: Annotated[list[Path], typer.Option("--data", "-d", exists=True, file_okay=False, help="BEIR dataset folder (repeatable), or a folder of "
                                              "BEIR datasets: several datasets make a leaderboard run.")],
-    suite: Annotated[Optional[Path], typer.Option("--suite", help="YAML/JSON list of retrieval set-ups (leaderboard "
+    suite: Annotated[Optional[Path], typer.Option("--suite", exists=True, dir_okay=False, help="YAML/JSON list of retrieval set-ups (leaderboard "
                                                    "run: every set-up on every dataset, indexes cached and reused).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Leaderboard run: where results, runs, "
                                                         "MTEB files and the table go.")] = None,
@@ -24,24 +25,24 @@ def eval_command(
                                                        "OUTPUT_DIR/cache).")] = None,
     model: common.OptModel = None,
     split: common.Split = "test",
-    retriever_kind: Annotated[str, typer.Option("--retriever", "-r", help="First stage: dense | bm25 | hybrid "
+    retriever_kind: Annotated[Literal["dense", "bm25", "hybrid"], typer.Option("--retriever", "-r", help="First stage: dense | bm25 | hybrid "
                                                 "(BM25 + dense fused).")] = "dense",
     index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Index directory: reused when it exists and "
                                                    "matches the corpus and model, else built and saved there.")] = None,
     bm25_index: Annotated[Optional[Path], typer.Option("--bm25-index", help="BM25 index directory for --retriever "
                                                         "hybrid (reused or built).")] = None,
-    k1: Annotated[float, typer.Option("--k1", help="BM25 k1.")] = 0.9,
-    b: Annotated[float, typer.Option("--b", help="BM25 b.")] = 0.4,
-    fusion: Annotated[str, typer.Option("--fusion", help="Hybrid fusion: rrf (reciprocal rank) or weighted "
+    k1: Annotated[float, typer.Option("--k1", min=0.0, help="BM25 k1.")] = 0.9,
+    b: Annotated[float, typer.Option("--b", min=0.0, max=1.0, help="BM25 b.")] = 0.4,
+    fusion: Annotated[Literal["rrf", "weighted"], typer.Option("--fusion", help="Hybrid fusion: rrf (reciprocal rank) or weighted "
                                          "(min-max normalised score sum).")] = "rrf",
-    alpha: Annotated[float, typer.Option("--alpha", help="Weighted fusion: weight of the dense run (BM25 gets 1-alpha).")] = 0.5,
-    rrf_k: Annotated[int, typer.Option("--rrf-k", help="RRF constant k in 1/(k + rank).")] = 60,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Weighted fusion: weight of the dense run (BM25 gets 1-alpha).")] = 0.5,
+    rrf_k: Annotated[int, typer.Option("--rrf-k", min=0, help="RRF constant k in 1/(k + rank).")] = 60,
     rerank: common.Rerank = None,
     rerank_top_k: common.RerankTopK = 100,
     rerank_alpha: common.RerankAlpha = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and settings as JSON here.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", help="Write the TREC run file here.")] = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Documents retrieved per query (BEIR uses 1000).")] = 1000,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Documents retrieved per query (BEIR uses 1000).")] = 1000,
     ignore_identical_ids: Annotated[bool, typer.Option("--ignore-identical-ids/--keep-identical-ids",
                                                        help="Drop hits whose doc id equals the query id, as BEIR does "
                                                        "(matters for ArguAna).")] = True,
@@ -62,6 +63,8 @@ def eval_command(
     verbose: common.Verbose = False,
 ) -> None:
     common.setup_logging(verbose)
+    leaderboard = suite is not None or len(data) > 1 or not (data[0] / "corpus.jsonl").exists()
+    _reject_unused(ctx, leaderboard, suite is not None, retriever_kind, fusion, rerank is not None)
     common.check_outputs(files={"--output": output, "--run": run},
                          dirs={"--index": (index, "index"), "--bm25-index": (bm25_index, "index"),
                                "--output-dir": (output_dir, ""), "--cache-dir": (cache_dir, "")})
@@ -72,7 +75,7 @@ def eval_command(
     from retr.retriever.pipeline import build_retriever, describe_retriever
 
     t0 = time.perf_counter()
-    if suite is not None or len(data) > 1 or not (data[0] / "corpus.jsonl").exists():
+    if leaderboard:
         from retr.evaluation.leaderboard import Setup, expand_datasets, load_suite, print_leaderboard, run_suite
 
         if suite is not None:
@@ -106,3 +109,30 @@ def eval_command(
                                seconds=time.perf_counter() - t0)
         write_json_atomic(output, record)
         log.info("wrote %s", output)
+
+
+ENCODING_OPTIONS = ("model", "batch_size", *common.ENCODER_OPTIONS)
+BM25_OPTIONS = ("k1", "b")
+HYBRID_OPTIONS = ("fusion", "alpha", "rrf_k")
+
+
+def _reject_unused(ctx: typer.Context, leaderboard: bool, suite: bool, kind: str, fusion: str, rerank: bool) -> None:
+    """Refuse options that would do nothing with this retriever or run (one line, before any work)."""
+    if leaderboard:  # each set-up of the run brings its own retriever settings; results go to --output-dir
+        single_only = ("index", "bm25_index", "output", "run", "batch_size", "precision", "allow_missing_docs",
+                       "ignore_identical_ids", *common.ENCODER_OPTIONS)
+        per_setup = ("model", "retriever_kind", "rerank", *BM25_OPTIONS, *HYBRID_OPTIONS, "rerank_top_k", "rerank_alpha")
+        common.reject_given(ctx, single_only, "to a leaderboard run (--suite or several datasets)")
+        if suite:
+            common.reject_given(ctx, per_setup, "with --suite (each set-up of the suite sets its own)")
+        return
+    common.reject_given(ctx, ("output_dir", "cache_dir"), "to one dataset (they are for leaderboard runs)")
+    if not rerank:
+        common.reject_given(ctx, ("rerank_top_k", "rerank_alpha"), "without --rerank")
+    if kind == "dense":
+        common.reject_given(ctx, ("bm25_index", *BM25_OPTIONS, *HYBRID_OPTIONS), "to --retriever dense")
+    elif kind == "bm25":
+        unused = (*ENCODING_OPTIONS, *HYBRID_OPTIONS, *(() if rerank else ("precision",)))  # precision: reranker's
+        common.reject_given(ctx, unused, "to --retriever bm25")
+    else:
+        common.reject_given(ctx, ("rrf_k",) if fusion == "weighted" else ("alpha",), f"to --fusion {fusion}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -23,25 +23,31 @@ IndexType = Annotated[str, typer.Option("--index-type", "-t", help="flat | hnsw 
 @index_app.callback()
 def index_command(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Encoder: local directory, hub id, or `minilm`.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="BEIR dataset folder or a corpus.jsonl file.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", callback=common.check_model,
+                                                 help="Encoder: local directory, hub id, or `minilm`.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", exists=True, help="BEIR dataset folder or a "
+                                                 "corpus.jsonl file.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Index directory to write (atomically).")] = None,
     bm25: Annotated[bool, typer.Option("--bm25", help="Build a BM25 (Lucene, via pyserini) index instead of a dense one; "
                                         "title + text in one field, as pyserini's BEIR regressions.")] = False,
-    from_embeddings: Annotated[Optional[Path], typer.Option("--from-embeddings", help="Build from `retr encode` shards "
+    from_embeddings: Annotated[Optional[Path], typer.Option("--from-embeddings", exists=True, file_okay=False, help="Build from `retr encode` shards "
                                                              "in this directory instead of encoding (no --model/--data).")] = None,
     append: Annotated[bool, typer.Option("--append", help="Add the corpus documents not yet in the existing index at "
                                           "--output (only they are encoded).")] = False,
     index_type: IndexType = "flat",
-    metric: Annotated[str, typer.Option("--metric", help="ip (inner product; cosine when normalised) or l2.")] = "ip",
-    hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW: neighbours per node (M).")] = 32,
-    ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW: candidate list size while building.")] = 200,
-    ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW: default candidate list size while searching.")] = 128,
-    nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF: number of lists (default ~4*sqrt(N)).")] = None,
-    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF: default lists visited per query.")] = 16,
-    pq_m: Annotated[Optional[int], typer.Option("--pq-m", help="PQ: sub-quantisers (default dim/4).")] = None,
-    pq_bits: Annotated[int, typer.Option("--pq-bits", help="PQ: bits per sub-quantiser code.")] = 8,
-    train_sample: Annotated[int, typer.Option("--train-sample", help="IVF/PQ: vectors sampled to train the quantisers.")] = 100_000,
+    metric: Annotated[Literal["ip", "l2"], typer.Option("--metric", help="ip (inner product; cosine when normalised) "
+                                                        "or l2.")] = "ip",
+    hnsw_m: Annotated[int, typer.Option("--hnsw-m", min=2, help="HNSW: neighbours per node (M).")] = 32,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", min=1, help="HNSW: candidate list size while "
+                                                 "building.")] = 200,
+    ef_search: Annotated[int, typer.Option("--ef-search", min=1, help="HNSW: default candidate list size while "
+                                           "searching.")] = 128,
+    nlist: Annotated[Optional[int], typer.Option("--nlist", min=1, help="IVF: number of lists (default ~4*sqrt(N)).")] = None,
+    nprobe: Annotated[int, typer.Option("--nprobe", min=1, help="IVF: default lists visited per query.")] = 16,
+    pq_m: Annotated[Optional[int], typer.Option("--pq-m", min=1, help="PQ: sub-quantisers (default dim/4).")] = None,
+    pq_bits: Annotated[int, typer.Option("--pq-bits", min=1, max=16, help="PQ: bits per sub-quantiser code.")] = 8,
+    train_sample: Annotated[int, typer.Option("--train-sample", min=1, help="IVF/PQ: vectors sampled to train the "
+                                              "quantisers.")] = 100_000,
     store_vectors: Annotated[bool, typer.Option("--store-vectors", help="Keep float32 vectors beside the index for exact "
                                                 "re-scoring (`retr search --rescore`).")] = False,
     batch_size: common.BatchSize = 64,
@@ -62,12 +68,13 @@ def index_command(
     if ctx.invoked_subcommand is not None:
         return
     common.setup_logging(verbose)
-    common.claim_output(output, "index")  # before any work: refuse non-index paths, check writable, lock
     from retr.indexing.faiss_index import FaissIndex, IndexSpec
 
     spec = IndexSpec(index_type=index_type, metric=metric, hnsw_m=hnsw_m, ef_construction=ef_construction,
                      ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits,
                      train_sample=train_sample, store_vectors=store_vectors)
+    _reject_unused(ctx, spec, bm25=bm25, from_embeddings=from_embeddings is not None, append=append)
+    common.claim_output(output, "index")  # before any work: refuse non-index paths, check writable, lock
     if from_embeddings is not None:
         if output is None:
             raise typer.BadParameter("--output is required")
@@ -100,7 +107,8 @@ def index_command(
     if append:
         from retr.retriever.search import add_documents
 
-        added = add_documents(output, corpus, model=model, batch_size=batch_size, **overrides)
+        added = add_documents(output, corpus, model=model, batch_size=batch_size, block_size=block_size,
+                              precision=precision, **overrides)
         common.console().print(f"[green]appended[/green] {added} new documents to {output}")
         return
     encoder = DualEncoder.from_pretrained(model, **overrides)
@@ -108,6 +116,27 @@ def index_command(
     retriever = DenseRetriever.build(encoder, corpus, output, spec=spec, batch_size=batch_size, block_size=block_size)
     meta = retriever.index.meta
     common.console().print(f"[green]wrote[/green] {output}: {meta['factory']} index of {meta['count']} docs, dim {meta['dim']}")
+
+
+SPEC_OPTIONS = ("index_type", "metric", "hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits",
+                "train_sample", "store_vectors")
+ENCODING_OPTIONS = ("model", "batch_size", "block_size", "precision", *common.ENCODER_OPTIONS)
+
+
+def _reject_unused(ctx: typer.Context, spec, bm25: bool, from_embeddings: bool, append: bool) -> None:
+    """Refuse options that would do nothing in this mode (one line, before any work): encoder options with
+    --from-embeddings, index parameters with --append or --bm25, and tuning flags the index type ignores."""
+    modes = [flag for flag, on in (("--bm25", bm25), ("--from-embeddings", from_embeddings), ("--append", append)) if on]
+    if len(modes) > 1:
+        raise typer.BadParameter(f"{' and '.join(modes)} exclude each other")
+    if from_embeddings:
+        common.reject_given(ctx, ("data", *ENCODING_OPTIONS), "with --from-embeddings (its vectors are encoded already)")
+    if bm25:
+        common.reject_given(ctx, (*ENCODING_OPTIONS, *SPEC_OPTIONS), "to a --bm25 index")
+    elif append:
+        common.reject_given(ctx, SPEC_OPTIONS, "with --append (the index keeps its type and parameters)")
+    else:
+        common.reject_given(ctx, spec.unused_params(), f"to --index-type {spec.index_type}")
 
 
 @index_app.command("info", help="Print an index directory's meta.json (type, parameters, model, corpus).")

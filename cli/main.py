@@ -16,6 +16,7 @@ from .mine_cmd import mine_command
 from .search_cmd import search_command
 from .serve_cmd import serve_command
 from .train_cmd import train_command
+from .usage_errors import command_path, usage_error_line
 
 app = typer.Typer(
     name="retr",
@@ -109,12 +110,26 @@ def join_list_values(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2 (RETR_TRACEBACK=1 shows the trace);
-    SIGINT / SIGTERM remove partial outputs and exit 130 / 143 with one line. Output locks are released."""
+    """Entry point: user errors, usage errors included (a bad or missing option value), become one line on
+    stderr and exit code 2 (RETR_TRACEBACK=1 shows the trace); SIGINT / SIGTERM remove partial outputs and exit
+    130 / 143 with one line. Output locks are released."""
     previous = _install_signal_handlers()
     sys.argv = join_list_values(sys.argv)
     try:
-        app()
+        code = app(prog_name="retr", standalone_mode=False)  # usage errors are raised to here, not printed
+        if isinstance(code, int) and code:  # typer.Exit(n) (e.g. `retr train --nproc`'s torchrun status)
+            sys.exit(code)
+    except typer.TyperException as e:  # click's usage errors (typer vendors click): exit 2, one line
+        if os.environ.get("RETR_TRACEBACK"):
+            raise
+        _end_progress_bars()
+        if type(e).__name__ != "NoArgsIsHelpError":  # bare `retr` / `retr index info`: help is already printed
+            fallback = command_path(typer.main.get_command(app), sys.argv[1:])
+            print(f"error: {usage_error_line(e, fallback)}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
     except Stopped as e:
         _end_progress_bars()
         name = "terminated (SIGTERM)" if e.signum == signal.SIGTERM else "interrupted (SIGINT)"

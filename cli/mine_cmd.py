@@ -13,18 +13,19 @@ log = logging.getLogger("retr.cli")
 
 
 def mine_command(
+    ctx: typer.Context,
     data: common.Data,
     output: Annotated[Path, typer.Option("--output", "-o", help="Tevatron JSONL to write (query, positive_passages, "
                                           "negative_passages).")],
     split: Annotated[str, typer.Option("--split", help="Qrels split whose queries get negatives.")] = "train",
-    teacher: Annotated[str, typer.Option("--teacher", help="`bm25` (pyserini) or a dense model (directory, hub id, `minilm`).")] = "bm25",
+    teacher: Annotated[str, typer.Option("--teacher", callback=common.check_model, help="`bm25` (pyserini) or a dense model (directory, hub id, `minilm`).")] = "bm25",
     index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Reuse/write the teacher's index here.")] = None,
-    range_min: Annotated[int, typer.Option("--range-min", help="First teacher rank eligible as a negative (skips likely "
+    range_min: Annotated[int, typer.Option("--range-min", min=1, help="First teacher rank eligible as a negative (skips likely "
                                             "unjudged positives above it).")] = 30,
-    range_max: Annotated[int, typer.Option("--range-max", help="Last teacher rank eligible as a negative.")] = 100,
-    num_negatives: Annotated[int, typer.Option("--num-negatives", help="Negatives sampled from the window per query "
+    range_max: Annotated[int, typer.Option("--range-max", min=1, help="Last teacher rank eligible as a negative.")] = 100,
+    num_negatives: Annotated[int, typer.Option("--num-negatives", min=0, help="Negatives sampled from the window per query "
                                                 "(0 = the whole window).")] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling within the window.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for sampling within the window.")] = 0,
     threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
     precision: common.Precision = "auto",
@@ -38,6 +39,10 @@ def mine_command(
 ) -> None:
     """Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one)."""
     common.setup_logging(verbose)
+    if range_min > range_max:
+        raise typer.BadParameter(f"--range-min {range_min} is more than --range-max {range_max}")
+    if teacher.lower() == "bm25":
+        common.reject_given(ctx, ("batch_size", "precision", *common.ENCODER_OPTIONS), "to --teacher bm25")
     common.check_outputs(files={"--output": output}, dirs={"--index": (index, "index")})
     from retr.retriever.data.beir import load_beir
     from retr.retriever.data.training import write_tevatron
@@ -48,8 +53,6 @@ def mine_command(
     dataset = load_beir(data, split, allow_missing_docs=True)
     overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
                                          passage_max_length)
-    if overrides and teacher.lower() == "bm25":
-        raise ValueError("encoder options (--pooling, --*-prefix, --*-max-length) apply to a dense --teacher only")
     retriever = first_stage(teacher, dataset.corpus, index_dir=index, batch_size=batch_size, precision=precision,
                             encoder_overrides=overrides)
     stats = MiningStats()

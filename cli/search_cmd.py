@@ -16,12 +16,13 @@ QUERY_BLOCK = 1024  # queries searched (and their hits held) at a time
 
 
 def search_command(
+    ctx: typer.Context,
     index: common.Index,
     query: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query text (repeatable).")] = None,
-    queries: Annotated[Optional[Path], typer.Option("--queries", help="Queries file: BEIR queries.jsonl, a TSV of "
+    queries: Annotated[Optional[Path], typer.Option("--queries", exists=True, help="Queries file: BEIR queries.jsonl, a TSV of "
                                                      "qid<TAB>text, or a BEIR folder.")] = None,
     model: common.OptModel = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Hits per query.")] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per query.")] = 10,
     run: Annotated[Optional[Path], typer.Option("--run", help="Write a TREC run file here.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write hits as JSON here.")] = None,
     ef_search: common.EfSearch = None,
@@ -52,6 +53,18 @@ def search_command(
 
     if not query and queries is None:
         raise typer.BadParameter("give --query TEXT or --queries FILE")
+    if rerank and corpus is None:
+        raise typer.BadParameter("--rerank needs --corpus (the passages' text)")
+    if not rerank:
+        common.reject_given(ctx, ("rerank_top_k", "rerank_alpha", "corpus"), "without --rerank")
+    from retr.retriever.searcher import is_bm25_index
+
+    kinds = {is_bm25_index(i) for i in index}
+    if kinds == {True}:  # BM25 only
+        dense_only = ("model", "rescore", "mmap", "ef_search", "nprobe", "batch_size")
+        common.reject_given(ctx, dense_only if rerank else (*dense_only, "precision"), "to a BM25 index")
+    if kinds == {False}:
+        common.reject_given(ctx, ("k1", "b"), "to a dense index")
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))

@@ -78,6 +78,15 @@ class IndexSpec:
         factory = self.factory_string(dim, n)
         if n < 1:
             raise ValueError("cannot build an index of 0 vectors")
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits", "train_sample"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        n_train = min(n, self.train_sample)  # what build() trains on
+        have = f"the corpus has {n}" if n_train == n else f"--train-sample is {n_train}"
+        if self.index_type in ("ivf", "ivfpq") and self.nlist and self.nlist > n_train:  # before FAISS allocates them
+            raise ValueError(f"{factory}: {self.nlist} IVF lists need at least {self.nlist} vectors to train, {have} "
+                             f"(use --nlist {max(1, n_train // 39)} or fewer, or -t flat)")
         try:
             index = faiss.index_factory(dim, factory, _metric(self.metric))
         except RuntimeError as e:
@@ -88,20 +97,36 @@ class IndexSpec:
             nlist = faiss.extract_index_ivf(index).nlist
         except RuntimeError:
             nlist = 0
-        if nlist > n:
-            raise ValueError(f"{factory}: {nlist} IVF lists need at least {nlist} vectors to train, the corpus has {n} "
-                             f"(use --nlist {max(1, n // 39)} or fewer, or -t flat)")
+        if nlist > n_train:
+            raise ValueError(f"{factory}: {nlist} IVF lists need at least {nlist} vectors to train, {have} "
+                             f"(use --nlist {max(1, n_train // 39)} or fewer, or -t flat)")
         base = faiss.downcast_index(faiss.extract_index_ivf(index) if nlist else index)
         pq = getattr(base, "pq", None)
-        if pq is not None and pq.ksub > n:
-            raise ValueError(f"{factory}: {pq.nbits}-bit PQ codes need at least {pq.ksub} vectors to train, the corpus "
-                             f"has {n} (use --pq-bits {max(1, int(np.log2(max(n, 2))))} or less, or -t flat)")
-        if n < 5000:  # other trained types: a trial run on random data is cheap at this size
+        if pq is not None and pq.ksub > n_train:
+            raise ValueError(f"{factory}: {pq.nbits}-bit PQ codes need at least {pq.ksub} vectors to train, {have} "
+                             f"(use --pq-bits {max(1, int(np.log2(max(n_train, 2))))} or less, or -t flat)")
+        if n_train < 5000:  # other trained types: a trial run on random data is cheap at this size
             try:
-                index.train(np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32))
+                index.train(np.random.default_rng(0).standard_normal((n_train, dim)).astype(np.float32))
             except RuntimeError as e:
-                raise ValueError(f"{factory} cannot be trained on {n} vectors ({_faiss_reason(e)})") from None
+                raise ValueError(f"{factory} cannot be trained on {n_train} vectors ({_faiss_reason(e)})") from None
         return factory
+
+    def unused_params(self) -> list[str]:
+        """The tuning parameters this index type ignores (``flat`` ignores all; a raw factory string carries its
+        own list count, PQ size and HNSW M), so a caller can refuse them instead of silently dropping them."""
+        uses = _USES.get(self.index_type)
+        if uses is None:  # a factory string
+            f = self.index_type.upper()
+            uses = {"train_sample"} | ({"ef_construction", "ef_search"} if f.startswith("HNSW") else set()) \
+                | ({"nprobe"} if "IVF" in f else set())
+        return [p for p in TUNABLE if p not in uses]
+
+
+TUNABLE = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits", "train_sample")
+_USES = {"flat": set(), "hnsw": {"hnsw_m", "ef_construction", "ef_search"}, "ivf": {"nlist", "nprobe", "train_sample"},
+         "pq": {"pq_m", "pq_bits", "train_sample"}, "ivfpq": {"nlist", "nprobe", "pq_m", "pq_bits", "train_sample"},
+         "sq8": {"train_sample"}}
 
 
 def _faiss_reason(e: Exception) -> str:
@@ -234,25 +259,31 @@ class FaissIndex:
     def __len__(self) -> int:
         return len(self.docids)
 
-    def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
-        """Search-time knobs that need no rebuild (HNSW efSearch, IVF nprobe)."""
+    def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> set[str]:
+        """Search-time knobs that need no rebuild (HNSW efSearch, IVF nprobe). Returns the names of the knobs
+        given that this index (or one of its parts) has; the others do nothing here."""
+        applied: set[str] = set()
         for part in self.parts:
-            part.set_search_params(ef_search, nprobe)
+            applied |= part.set_search_params(ef_search, nprobe)
         base = faiss.downcast_index(self.index)
         if ef_search is not None and hasattr(base, "hnsw"):
             base.hnsw.efSearch = int(ef_search)
+            applied.add("ef_search")
         if nprobe is not None:
             try:
                 ivf = faiss.extract_index_ivf(self.index)
                 ivf.nprobe = int(nprobe)
+                applied.add("nprobe")
             except RuntimeError:
                 pass
+        return applied
 
     # ---------- searching ----------
     def search(self, queries: np.ndarray, k: int, rescore: int | None = None,
                threads: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-``k`` rows for each query: (scores [nq, k'], ids). ``rescore=R`` fetches R candidates and
-        re-scores them exactly from the stored vectors (needs ``vectors.npy``)."""
+        """Top-``k`` rows for each query: (scores [nq, k'], ids), best first and higher scores better (an ``l2``
+        index scores by minus the squared distance). ``rescore=R`` fetches R candidates and re-scores them
+        exactly from the stored vectors (needs ``vectors.npy``)."""
         queries = _as_f32(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise IndexMismatchError(f"query vectors have dim {queries.shape[-1]}, index has {self.dim}")
@@ -271,6 +302,8 @@ class FaissIndex:
             scores, rows = self._rescore(queries, rows, k_eff)
         else:
             scores, rows = scores[:, :k_eff], rows[:, :k_eff]
+            if self.meta.get("metric", "ip") == "l2":  # FAISS gives squared distances (nearest first, smallest):
+                scores = -scores  # higher-is-better like every other score (runs, fusion, metrics; as _rescore)
         ids = [[self.docids[r] for r in row if r >= 0] for row in rows]
         return scores, ids
 

@@ -149,14 +149,16 @@ def index_meta(encoder: DualEncoder, corpus: Corpus, encode_seconds: float | Non
 
 
 def add_documents(index_dir: str | os.PathLike, corpus: Corpus, model: str | DualEncoder | None = None,
-                  batch_size: int = 64, **encoder_overrides: Any) -> int:
+                  batch_size: int = 64, block_size: int = DEFAULT_BLOCK, precision: str = "auto",
+                  **encoder_overrides: Any) -> int:
     """Encode only the documents of ``corpus`` that the index lacks, append them, save atomically."""
     retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
+    retriever.encoder.set_precision(precision)
     known = set(retriever.index.docids)
     new = [d for d in corpus.ids if d not in known]
     if new:
         part = corpus.subset(new)
-        vectors = encode_in_memory(retriever.encoder, part, batch_size=batch_size)
+        vectors = encode_in_memory(retriever.encoder, part, block_size=block_size, batch_size=batch_size)
         retriever.index.add(vectors, new)
         retriever.index.meta["corpus"] = {"path": corpus.path, "fingerprint": corpus.fingerprint, "count": len(corpus)}
         retriever.index.save(index_dir)

@@ -68,7 +68,12 @@ def open_searcher(setup: SearchSetup) -> Any:
 
         dense = DenseRetriever.load(dense_dirs, model=setup.model, mmap=setup.mmap, batch_size=setup.batch_size,
                                     show_progress=setup.show_progress, **setup.encoder_overrides)
-        dense.index.set_search_params(ef_search=setup.ef_search, nprobe=setup.nprobe)
+        applied = dense.index.set_search_params(ef_search=setup.ef_search, nprobe=setup.nprobe)
+        for name, flag, kind in (("ef_search", "--ef-search", "HNSW"), ("nprobe", "--nprobe", "IVF")):
+            if getattr(setup, name) is not None and name not in applied:
+                raise ValueError(f"{flag} does not apply to a {dense.index.meta.get('factory')} index (only to {kind})")
+        if setup.rescore and dense.index.vectors is None:
+            raise ValueError(f"{dense_dirs[0]}: --rescore needs stored vectors; rebuild the index with --store-vectors")
         dense.encoder.set_precision(setup.precision)
         dense.rescore = setup.rescore
     if sparse is not None and dense is not None:

@@ -148,4 +148,4 @@ def test_max_length_over_positions_is_clamped_with_a_warning(tmp_path, tiny_mode
     assert code == 0, err
     code, _, err = run_cli(["eval", "-m", tiny_model_dir, "-d", data, "--passage-max-length", "0"], capsys)
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "error: passage-max-length must be at least 1, got 0"
+    assert err.strip().splitlines()[-1] == "error: retr eval: --passage-max-length: must be at least 1, got 0"
