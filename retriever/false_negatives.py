@@ -1,0 +1,54 @@
+"""False-negative guards shared by hard-negative mining and B3's rank window.
+
+"Siblings" of a query are the judged positives of *other* queries that share at least one judged positive
+with it. On multi-positive data (NFCorpus: the median training query shares a positive with 146 others) these
+passages are relevant to closely related queries and are likely unjudged positives of this one, so a rank
+window full of them trains the model against relevance (NV-Retriever, Moreira et al. 2024, discuss the same
+false-negative problem; B3's released code drops same-label rows for classification data).
+
+Memory: an inverted docid -> queries map over the judged pairs (O(judged pairs)); siblings are computed per
+query on demand, so nothing grows with the product of queries and positives.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Mapping
+
+
+class SiblingPositives:
+    """``siblings(qid)``: judged positives (grade > 0) of queries sharing a positive with ``qid``, minus its own.
+
+    ``qrels``: qid -> {docid: grade}; grades <= 0 are not positives and link nothing."""
+
+    def __init__(self, qrels: Mapping[str, Mapping[str, int]]):
+        self._positives: dict[str, frozenset[str]] = {}
+        self._queries_of: dict[str, list[str]] = defaultdict(list)
+        for qid, judged in qrels.items():
+            pos = frozenset(d for d, g in judged.items() if g > 0)
+            if not pos:
+                continue
+            self._positives[qid] = pos
+            for d in pos:
+                self._queries_of[d].append(qid)
+
+    def positives(self, qid: str) -> frozenset[str]:
+        return self._positives.get(qid, frozenset())
+
+    def siblings(self, qid: str) -> set[str]:
+        own = self.positives(qid)
+        out: set[str] = set()
+        for d in own:
+            for other in self._queries_of.get(d, ()):
+                if other != qid:
+                    out.update(self._positives[other])
+        return out - own
+
+    def sharing_queries(self, qid: str) -> set[str]:
+        """Other queries that share at least one judged positive with ``qid``."""
+        return {o for d in self.positives(qid) for o in self._queries_of.get(d, ()) if o != qid}
+
+
+def drop_siblings(candidates: Iterable[str], qid: str, siblings: SiblingPositives) -> list[str]:
+    """``candidates`` in order without ``qid``'s siblings."""
+    sib = siblings.siblings(qid)
+    return [d for d in candidates if d not in sib]
