@@ -1,0 +1,192 @@
+"""`retr train` options checked by their result: the first step's logged loss equals InfoNCE recomputed from the
+starting model's own embeddings (so --temperature, --similarity, --symmetric, --negatives, --train-negatives,
+--batch-size and --normalize each change exactly what they claim), the step count follows --epochs and --pairs,
+the learning-rate schedule follows --lr/--warmup-ratio, and --weight-decay, --max-grad-norm,
+--learnable-temperature, --config, --eval-data/--eval-split/--eval-steps and --report-to leave their marks."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_bert, run_cli
+from retr.retriever.modeling import DualEncoder
+
+# four queries, each with one positive and two hard negatives of its own: no passage is shared, so no
+# known-positive masking and every batch of 4 holds 4 x (1 + K) distinct candidates
+TOPICS = ["aspirin heart", "statin cholesterol", "vitamin bone", "salt blood pressure"]
+
+
+def _beir(root: Path) -> tuple[Path, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    docs, queries, qrels, negs = [], [], [], []
+    for i, topic in enumerate(TOPICS):
+        queries.append({"_id": f"q{i}", "text": f"what about {topic}"})
+        docs.append({"_id": f"p{i}", "title": topic, "text": f"{topic} study number {i} positive"})
+        qrels.append(f"q{i}\tp{i}\t1")
+        mine = []
+        for j in range(2):
+            docs.append({"_id": f"n{i}{j}", "title": "", "text": f"unrelated passage {i} {j} about {topic[::-1]}"})
+            mine.append({"docid": f"n{i}{j}", "title": "", "text": docs[-1]["text"]})
+        negs.append({"query_id": f"q{i}", "query": queries[-1]["text"],
+                     "positive_passages": [{"docid": f"p{i}", "title": topic, "text": docs[-3]["text"]}],
+                     "negative_passages": mine})
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    negatives = root.parent / "negatives.jsonl"
+    negatives.write_text("".join(json.dumps(n) + "\n" for n in negs))
+    return root, negatives
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-options")
+    data, negatives = _beir(root / "beir")
+    model = make_tiny_bert(root / "model", seed=5, dropout=0.0, normalize=False)  # no dropout: step 1 is exact
+    return {"data": data, "negatives": negatives, "model": model, "root": root}
+
+
+def _train(world, tmp_path, capsys, *extra, name="run"):
+    out = tmp_path / name
+    args = ["train", "-o", out, "-m", world["model"], "-d", world["data"], "--split", "train", "--batch-size", "4",
+            "--max-steps", "1", "--logging-steps", "1", "--save-steps", "0", "--precision", "fp32", "--seed", "1",
+            "--lr", "1e-3", *map(str, extra)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    return out, [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def _expected_first_loss(world, k: int, temperature: float, similarity: str, symmetric: bool,
+                         normalize: bool) -> float:
+    model = DualEncoder.from_pretrained(world["model"])
+    lines = [json.loads(l) for l in world["negatives"].read_text().splitlines()]
+    q = torch.tensor(model.encode_queries([x["query"] for x in lines]))  # the fixture model does not normalise
+    groups = []
+    for x in lines:
+        ps = x["positive_passages"][:1] + x["negative_passages"][:k]
+        groups += [f"{p['title']} {p['text']}".strip() for p in ps]
+    p = torch.tensor(model.encode_passages(groups))
+    if similarity == "cos" or normalize:
+        q, p = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(p, dim=-1)
+    scores = q @ p.T / temperature
+    target = torch.arange(len(lines)) * (1 + k)
+    loss = torch.nn.functional.cross_entropy(scores, target)
+    if symmetric:
+        back = p[target] @ q.T / temperature
+        loss = (loss + torch.nn.functional.cross_entropy(back, torch.arange(len(lines)))) / 2
+    return float(loss)
+
+
+@pytest.mark.parametrize("k,temperature,similarity,symmetric,normalize", [
+    (0, 0.05, "dot", False, False),
+    (2, 0.05, "dot", False, False),
+    (2, 0.5, "cos", False, False),  # K < 2 would sample which negative: K = all keeps it exact
+    (2, 0.2, "dot", True, True),
+])
+def test_first_loss_is_infonce_of_the_starting_model(world, tmp_path, capsys, k, temperature, similarity,
+                                                     symmetric, normalize):
+    extra = ["--negatives", world["negatives"], "--train-negatives", k, "--temperature", temperature,
+             "--similarity", similarity, "--normalize" if normalize else "--no-normalize"]
+    if symmetric:
+        extra.append("--symmetric")
+    _, log = _train(world, tmp_path, capsys, *extra)
+    expected = _expected_first_loss(world, k, temperature, similarity, symmetric, normalize)
+    assert log[0]["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_epochs_and_pairs_set_the_number_of_steps(world, tmp_path, capsys):
+    _, log = _train(world, tmp_path, capsys, "--max-steps", "0", "--epochs", "3", "--batch-size", "2", name="a")
+    assert [r["step"] for r in log] == list(range(1, 7))  # 4 queries / 2 per batch x 3 epochs
+    # the 4th query gains a second positive: --pairs makes one example per (query, positive) pair
+    data = world["root"] / "pairs"
+    import shutil
+
+    shutil.copytree(world["data"], data)
+    with open(data / "qrels" / "train.tsv", "a") as fh:
+        fh.write("q3\tn30\t1\nq2\tn20\t1\n")
+    run = lambda name, *x: _train({**world, "data": data}, tmp_path, capsys, "--max-steps", "0", "--epochs", "1",
+                                  "--batch-size", "2", *x, name=name)[1]
+    assert len(run("per-query")) == 2 and len(run("per-pair", "--pairs")) == 3
+
+
+def test_lr_and_warmup_ratio_shape_the_schedule(world, tmp_path, capsys):
+    _, log = _train(world, tmp_path, capsys, "--max-steps", "4", "--batch-size", "1", "--lr", "2e-3",
+                    "--warmup-ratio", "0.5", name="warm")
+    # logged after the scheduler step (as Hugging Face Trainer): the rate of the *next* step; 2 warmup steps
+    assert [r["lr"] for r in log] == pytest.approx([2e-3, 2e-3, 1e-3, 0.0])
+    _, log = _train(world, tmp_path, capsys, "--max-steps", "4", "--batch-size", "1", "--lr", "2e-3",
+                    "--warmup-ratio", "0", name="cold")
+    assert [r["lr"] for r in log] == pytest.approx([1.5e-3, 1e-3, 5e-4, 0.0])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in DualEncoder.from_pretrained(run / "model").state_dict().items() if v.dim() == 2}
+
+
+def test_weight_decay_and_max_grad_norm_change_the_update(world, tmp_path, capsys):
+    start = {k: v for k, v in DualEncoder.from_pretrained(world["model"]).state_dict().items() if v.dim() == 2}
+    common = ["--max-steps", "3", "--lr", "1e-2", "--warmup-ratio", "0"]
+    plain = _weights(_train(world, tmp_path, capsys, *common, "--weight-decay", "0", name="plain")[0])
+    decayed = _weights(_train(world, tmp_path, capsys, *common, "--weight-decay", "5", name="decay")[0])
+    norm = lambda w: math.sqrt(sum(float((v ** 2).sum()) for v in w.values()))
+    assert norm(decayed) < 0.95 * norm(plain)  # AdamW shrinks every matrix by lr x decay per step
+    clipped = _weights(_train(world, tmp_path, capsys, *common, "--weight-decay", "0", "--max-grad-norm", "1e-12",
+                              name="clip")[0])
+    moved = lambda w: math.sqrt(sum(float(((w[k] - start[k]) ** 2).sum()) for k in w))
+    assert moved(clipped) < 0.01 * moved(plain)  # a gradient clipped to ~0 is below Adam's eps: no step
+
+
+def test_learnable_temperature_is_trained_and_checkpointed(world, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    for name, flag in (("fixed", []), ("learned", ["--learnable-temperature"])):
+        out, _ = _train(world, tmp_path, capsys, "--max-steps", "3", "--save-steps", "2", "--lr", "5e-2",
+                        "--temperature", "0.1", *flag, name=name)
+        task = load_file(out / "checkpoints" / "step-2" / "task.safetensors")
+        scale = [v for k, v in task.items() if k.endswith("log_scale")]
+        if flag:
+            assert scale and abs(float(scale[0]) - math.log(10.0)) > 1e-3  # moved away from 1 / 0.1
+        else:
+            assert not scale  # a fixed temperature is no state
+
+
+def test_config_file_with_flags_overriding_it(world, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {world['model']}\ntrain_data: [{world['data']}]\ntrain_split: train\nbatch_size: 2\n"
+                   "max_steps: 3\nlogging_steps: 1\nsave_steps: 0\nlr: 0.004\nwarmup_ratio: 0\n")
+    code, _, err = run_cli(["train", "-c", cfg, "-o", tmp_path / "c1"], capsys)
+    assert code == 0, err
+    log = [json.loads(l) for l in (tmp_path / "c1" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[0]["lr"] == pytest.approx(0.004 * 2 / 3)
+    code, _, err = run_cli(["train", "-c", cfg, "-o", tmp_path / "c2", "--max-steps", "2", "--lr", "1e-3"], capsys)
+    assert code == 0, err
+    log = [json.loads(l) for l in (tmp_path / "c2" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and log[0]["lr"] == pytest.approx(5e-4)
+    saved = json.loads((tmp_path / "c2" / "train_config.json").read_text())
+    assert saved["max_steps"] == 2 and saved["batch_size"] == 2
+
+
+def test_eval_data_split_and_steps(world, tmp_path, capsys):
+    out, log = _train(world, tmp_path, capsys, "--max-steps", "4", "--batch-size", "2", "--eval-data",
+                      world["data"], "--eval-split", "train", "--eval-steps", "2", name="ev")
+    evals = [r for r in log if "eval/nDCG@10" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert all(0.0 <= r["eval/nDCG@10"] <= 1.0 for r in evals)
+    code, _, err = run_cli(["train", "-o", tmp_path / "bad", "-m", world["model"], "-d", world["data"], "--split",
+                            "train", "--max-steps", "1", "--eval-data", world["data"], "--eval-split", "dev"], capsys)
+    assert code == 2 and "dev" in err and "Traceback" not in err
+
+
+def test_report_to_tensorboard_writes_the_logged_scalars(world, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = _train(world, tmp_path, capsys, "--max-steps", "2", "--report-to", "tensorboard", name="tb")
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2]
