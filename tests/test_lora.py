@@ -260,3 +260,19 @@ def test_an_adapter_as_starting_model_is_refused(qwen_dir, tmp_path):
     with pytest.raises(ValueError, match="is a LoRA adapter"):
         build_trainer(TrainConfig(output_dir=str(tmp_path / "o"), model=str(tmp_path / "a"), train_data=[str(data)],
                                   train_split="test", batch_size=4, max_steps=1))
+
+
+def test_b3_batches_with_lora(bert_dir, tmp_path):
+    """B3 mines with its own (plain) teacher; the student trains LoRA adapters on the B3 batches."""
+    from retr.retriever.training.b3 import B3BatchSampler
+
+    data = write_beir(tmp_path / "d")
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(bert_dir), train_data=[str(data)],
+                      train_split="test", batch_size=4, max_steps=2, batching="b3", b3_teacher=str(bert_dir),
+                      b3_p=1, b3_m=3, b3_cluster_size=2, b3_cache=str(tmp_path / "cache"), pairs=True,
+                      save_steps=0, lr=1e-2, lora_r=4)
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer.sampler, B3BatchSampler)
+    assert trainer.train()["steps"] == 2
+    weights = load_file(str(tmp_path / "run" / "model" / ADAPTER_WEIGHTS))
+    assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 0  # B left its zero init
