@@ -89,6 +89,11 @@ def test_adapter_round_trips_through_retr_peft_and_merge(qwen_dir, tmp_path):
             rows.append(torch.nn.functional.normalize(hf(**batch).last_hidden_state[0, -1], dim=-1))
     np.testing.assert_allclose(torch.stack(rows).numpy(), trained, atol=1e-5)
 
+    from sentence_transformers import SentenceTransformer  # loads the adapter directory through transformers
+
+    st = SentenceTransformer(str(saved), device="cpu", trust_remote_code=False)
+    np.testing.assert_allclose(st.encode(TEXTS, convert_to_numpy=True), trained, atol=1e-5)
+
     save_merged(saved, tmp_path / "merged", DualEncoder)  # a plain directory, loads without peft
     assert (tmp_path / "merged" / "model.safetensors").exists() and not (tmp_path / "merged" / ADAPTER_CONFIG).exists()
     merged = Encoder.from_pretrained(tmp_path / "merged")
