@@ -281,3 +281,11 @@ def test_b3_batches_with_lora(bert_dir, tmp_path):
     assert trainer.train()["steps"] == 2
     weights = load_file(str(tmp_path / "run" / "model" / ADAPTER_WEIGHTS))
     assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 0  # B left its zero init
+
+
+def test_lora_options_from_a_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("lora_r: 8\nlora_target_modules: q_proj, v_proj\nmerge_lora: true\n")
+    cfg = TrainConfig.from_file(tmp_path / "c.yaml", lora_alpha=4.0)
+    settings = cfg.lora_settings()
+    assert (settings.r, settings.alpha, settings.target_modules) == (8, 4.0, ["q_proj", "v_proj"]) and cfg.merge_lora
+    assert TrainConfig().lora_settings() is None  # lora_r 0: full fine-tuning

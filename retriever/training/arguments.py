@@ -126,7 +126,10 @@ class TrainConfig:
             return None
         from ..modeling.lora import LoraSettings
 
-        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, list(self.lora_target_modules))
+        targets = self.lora_target_modules
+        if isinstance(targets, str):  # a config file's "q_proj,v_proj"
+            targets = [t for t in targets.replace(",", " ").split() if t]
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, list(targets))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
