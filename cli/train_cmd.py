@@ -115,6 +115,22 @@ def train_command(
     task: common.Task = None,
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
+    # issue 19: LoRA adapters (peft)
+    lora_r: Annotated[Optional[int], Opt("--lora-r", min=0, help="LoRA (Hu et al. 2021, via peft): freeze the "
+                                         "model, train rank-R adapters on its linear layers (0 = full "
+                                         "fine-tuning). model/ is then a PEFT adapter (adapter_config.json + "
+                                         "adapter_model.safetensors) that retr index/eval/search load.")] = None,
+    lora_alpha: Annotated[Optional[float], Opt("--lora-alpha", help="LoRA scale numerator: updates are "
+                                               "alpha/r * B A (default 2 x --lora-r).")] = None,
+    lora_dropout: Annotated[Optional[float], Opt("--lora-dropout", help="Dropout on the LoRA adapters' input "
+                                                 "(default 0.1).")] = None,
+    lora_target_modules: Annotated[Optional[str], Opt("--lora-target-modules", help="Linear layers to adapt, "
+                                                      "by name, e.g. `q_proj,k_proj,v_proj,o_proj` or "
+                                                      "`all-linear` (default: peft's choice for the "
+                                                      "architecture: BERT query,value; Qwen2/Llama q_proj,v_proj).")] = None,
+    merge_lora: Annotated[Optional[bool], Opt("--merge-lora", help="With --lora-r: also write OUTPUT/model-merged, "
+                                              "the adapters folded into the base weights (a plain Hugging Face "
+                                              "directory, no peft needed).")] = None,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -141,6 +157,8 @@ def train_command(
                  query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
                  query_prefix=query_prefix, passage_prefix=passage_prefix, query_instruction=query_instruction,
                  task=task, torch_dtype=torch_dtype)
+    flags.update(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_lora=merge_lora,  # issue 19
+                 lora_target_modules=_name_list(lora_target_modules))
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:
@@ -166,6 +184,16 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
     if not parts or not all(p.isdigit() for p in parts):
         raise ValueError(f"{flag} takes positive whole numbers, got {text!r}")
     return [int(p) for p in parts]
+
+
+def _name_list(text: str | None) -> list[str] | None:
+    """``"q_proj, v_proj"`` -> ["q_proj", "v_proj"] (issue 19: --lora-target-modules)."""
+    if text is None:
+        return None
+    names = [p for p in text.replace(",", " ").split() if p]
+    if not names:
+        raise ValueError("--lora-target-modules takes module names, got an empty value")
+    return names
 
 
 def _launch_torchrun(nproc: int) -> int:

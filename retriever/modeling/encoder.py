@@ -143,7 +143,9 @@ class Encoder(nn.Module):
         self.config = config or EncoderConfig()
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
         self.train(model.training)
-        self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        from .lora import base_hf_model  # a PEFT wrapper's forward passes position_ids on in **kwargs
+
+        self._takes_position_ids = "position_ids" in inspect.signature(base_hf_model(model).forward).parameters
         self.precision = "auto"  # inference autocast: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
         positions = position_limit(model, tokenizer)
         default = min(positions, 512)
@@ -184,6 +186,11 @@ class Encoder(nn.Module):
         dtype = parse_torch_dtype(overrides.pop("torch_dtype", None))
         path = resolve_model_path(str(name_or_path))
         stored = read_encoder_config(Path(path)) if Path(path).is_dir() else {}
+        from .lora import adapter_base, is_adapter_dir
+
+        if is_adapter_dir(path) and not (Path(path) / RETR_CONFIG).exists():  # a foreign adapter: base's settings
+            base = adapter_base(path)
+            stored = {**(read_encoder_config(Path(base)) if Path(base).is_dir() else {}), **stored}
         stored.update({k: v for k, v in overrides.items() if v is not None})
         config = EncoderConfig(**stored)
         from .safe_load import check_model_dir, hf_load

@@ -30,6 +30,11 @@ def check_model_dir(path: str | Path) -> None:
     path = Path(path)
     if not path.is_dir():
         return
+    from .lora import adapter_base, is_adapter_dir
+
+    if is_adapter_dir(path):  # a LoRA adapter (PEFT format): its files, then the base model it names
+        check_model_dir(adapter_base(path))
+        return
     config = path / "config.json"
     if not config.exists():
         raise ModelLoadError(f"{path}: not a model directory (missing config.json)")
@@ -60,7 +65,16 @@ def has_custom_code(path: str | Path) -> bool:
 
 
 def hf_load(loader: Callable[..., Any], path: str | Path, what: str = "model", **kwargs: Any) -> Any:
-    """``loader(path, trust_remote_code=False, **kwargs)``; failures become one ``ModelLoadError`` line."""
+    """``loader(path, trust_remote_code=False, **kwargs)``; failures become one ``ModelLoadError`` line. A LoRA
+    adapter directory (``lora.is_adapter_dir``) loads as its base model plus the adapter; its tokenizer from the
+    adapter directory when saved there, else from the base model."""
+    from .lora import adapter_base, is_adapter_dir, load_with_adapter
+
+    if is_adapter_dir(path):
+        if what != "tokenizer":
+            return load_with_adapter(loader, path, what, **kwargs)
+        if not (Path(path) / "tokenizer_config.json").exists():
+            path = adapter_base(path)
     try:
         return loader(str(path), trust_remote_code=False, **kwargs)
     except (ArtifactError, KeyboardInterrupt):

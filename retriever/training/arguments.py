@@ -84,6 +84,12 @@ class TrainConfig:
     eval_steps: int | None = None
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
     resume: bool = False
+    # issue 19: LoRA adapters through peft (retriever/modeling/lora.py); lora_r 0 = full fine-tuning
+    lora_r: int = 0
+    lora_alpha: float | None = None  # default 2 * lora_r
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] = field(default_factory=list)  # [] = PEFT's default for the architecture
+    merge_lora: bool = False  # also save OUTPUT/model-merged: the adapter folded into the base weights
 
     def __post_init__(self) -> None:
         if self.mode not in ("supervised", "unsupervised", "reranker"):
@@ -103,6 +109,27 @@ class TrainConfig:
                              "use --in-batch")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
+        # issue 19: LoRA options only with --lora-r, and in range
+        if self.lora_r:
+            self.lora_settings()
+        elif self.lora_r < 0:
+            raise ValueError(f"--lora-r must be at least 1 (0 = off), got {self.lora_r}")
+        else:
+            given = [flag for flag, on in (("--merge-lora", self.merge_lora), ("--lora-alpha", self.lora_alpha),
+                                           ("--lora-target-modules", self.lora_target_modules)) if on]
+            if given:
+                raise ValueError(f"{given[0]} needs --lora-r (the adapter rank)")
+
+    def lora_settings(self):
+        """The LoRA settings (``ValueError`` for a value out of range); ``None`` without ``lora_r``."""
+        if not self.lora_r:
+            return None
+        from ..modeling.lora import LoraSettings
+
+        targets = self.lora_target_modules
+        if isinstance(targets, str):  # a config file's "q_proj,v_proj"
+            targets = [t for t in targets.replace(",", " ").split() if t]
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, list(targets))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,10 +50,10 @@ def load_model(cfg: TrainConfig) -> DualEncoder | CrossEncoder:
 
 
 def hf_towers(model: DualEncoder | CrossEncoder) -> list:
-    """The Hugging Face models inside a retr model (one per tower)."""
-    if isinstance(model, DualEncoder):
-        return [model.query_encoder.model] + ([] if model.shared else [model.passage_encoder.model])
-    return [model.model]
+    """The Hugging Face models inside a retr model (one per tower; under a LoRA wrapper, the model it wraps)."""
+    from ..modeling.lora import base_hf_model, holders
+
+    return [base_hf_model(h.model) for h in holders(model)]
 
 
 def supervised_examples(cfg: TrainConfig):
@@ -81,6 +81,14 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     if cfg.gradient_checkpointing:
         for tower in hf_towers(model):
             enable_gradient_checkpointing(tower)
+    from ..modeling.lora import add_lora, has_lora, parameter_counts
+
+    if has_lora(model):  # issue 19: its base is frozen and its adapter loaded for inference
+        raise ValueError(f"--model {cfg.model} is a LoRA adapter: train from its merged model "
+                         "(what --merge-lora writes) instead")
+    if cfg.lora_r:  # issue 19: freeze the base model, train LoRA adapters (seeded: the same on every rank)
+        add_lora(model, cfg.lora_settings(), seed=cfg.seed)
+        log.info("LoRA r=%d: %s parameters", cfg.lora_r, parameter_counts(model))
     if cfg.mode == "supervised":
         examples = supervised_examples(cfg)
         collate = SupervisedCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)

@@ -251,9 +251,15 @@ class Trainer:
         if self.eval_fn and (not cfg.eval_steps or self.global_step % cfg.eval_steps):
             last_eval = self._evaluate(logger)
         summary = {"steps": self.global_step, "train_seconds": round(time.perf_counter() - t0, 1), "eval": last_eval}
+        from ..modeling.lora import MERGED_DIR, parameter_counts, save_merged  # issue 19
+
+        summary["parameters"] = parameter_counts(self.model)
         if self.dist.is_main:
             with atomic_dir(self.output / "model") as tmp:
                 self.model.save(tmp)
+            if cfg.merge_lora:  # issue 19: the adapter folded into the base weights, a plain HF directory
+                with atomic_dir(self.output / MERGED_DIR) as tmp:
+                    save_merged(self.output / "model", tmp, type(self.model))
             from retr.indexing.versions import machine_info, retr_version
 
             write_json_atomic(self.output / "meta.json", {
