@@ -115,6 +115,18 @@ def train_command(
     task: common.Task = None,
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
+    # issue 20: distillation
+    distill: Annotated[Optional[str], Opt("--distill", help="Learn a teacher's scores: margin-mse (Hofstätter et "
+                                          "al. 2020) or kl (listwise, RocketQAv2/Tevatron) over each query's "
+                                          "[positive, --train-negatives] group. Needs --teacher-scores.")] = None,
+    teacher_scores: Annotated[Optional[Path], Opt("--teacher-scores", help="Tevatron JSONL with a score on every "
+                                                  "passage (`retr score`); the training data when distilling "
+                                                  "(instead of --data).")] = None,
+    teacher_temperature: Annotated[Optional[float], Opt("--teacher-temperature", help="kl: teacher scores are "
+                                                        "divided by this before the softmax.")] = None,
+    distill_infonce_weight: Annotated[Optional[float], Opt("--distill-infonce-weight", help="Add this x the "
+                                                           "contrastive loss (InfoNCE with in-batch negatives; "
+                                                           "listwise for --mode reranker). Default 0.")] = None,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -140,7 +152,10 @@ def train_command(
                  eval_split=eval_split, eval_steps=eval_steps, report_to=report_to, resume=resume,
                  query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
                  query_prefix=query_prefix, passage_prefix=passage_prefix, query_instruction=query_instruction,
-                 task=task, torch_dtype=torch_dtype)
+                 task=task, torch_dtype=torch_dtype,
+                 # issue 20
+                 distill=distill, teacher_scores=str(teacher_scores) if teacher_scores else None,
+                 teacher_temperature=teacher_temperature, distill_infonce_weight=distill_infonce_weight)
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:
