@@ -122,8 +122,10 @@ def train_command(
     teacher_scores: Annotated[Optional[Path], Opt("--teacher-scores", help="Tevatron JSONL with a score on every "
                                                   "passage (`retr score`); the training data when distilling "
                                                   "(instead of --data).")] = None,
-    teacher_temperature: Annotated[Optional[float], Opt("--teacher-temperature", help="kl: teacher scores are "
-                                                        "divided by this before the softmax.")] = None,
+    teacher_temperature: Annotated[Optional[float], Opt("--teacher-temperature", help="Teacher scores are divided "
+                                                        "by this (both losses), to put them on the student's "
+                                                        "scale: 1 for cross-encoder logits, the student's "
+                                                        "--temperature for a dense teacher's cosines.")] = None,
     distill_infonce_weight: Annotated[Optional[float], Opt("--distill-infonce-weight", help="Add this x the "
                                                            "contrastive loss (InfoNCE with in-batch negatives; "
                                                            "listwise for --mode reranker). Default 0.")] = None,

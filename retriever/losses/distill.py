@@ -11,7 +11,8 @@ candidate group [positive, negative_1 .. negative_n] (scores from ``retr score``
 Both take ``student`` and ``teacher`` scores shaped [Q, G] (G = 1 + negatives, positive first) and return the
 mean over queries. Student scores are the ones the trainer already uses (a dual encoder's
 ``similarity / temperature``, a cross-encoder's logit); teacher scores are raw (a cross-encoder's logit, BM25, a
-dot product), divided by ``teacher_temperature`` for KL. Memory: O(Q x G).
+dot product) divided by ``teacher_temperature``, which puts them on the student's scale (e.g. a dense teacher's
+cosines with the student's 0.05; a cross-encoder's logits as they are, 1.0). Memory: O(Q x G).
 """
 from __future__ import annotations
 
@@ -21,9 +22,16 @@ from torch.nn import functional as F
 
 
 class MarginMSELoss(nn.Module):
+    def __init__(self, teacher_temperature: float = 1.0):
+        super().__init__()
+        if teacher_temperature <= 0:
+            raise ValueError("teacher temperature must be > 0")
+        self.teacher_temperature = teacher_temperature
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """``student``, ``teacher`` [Q, G], column 0 the positive; mean over Q x (G - 1) margins."""
         student, teacher = _check(student, teacher)
+        teacher = teacher / self.teacher_temperature
         s_margin = student[:, :1] - student[:, 1:]
         t_margin = teacher[:, :1] - teacher[:, 1:]
         return F.mse_loss(s_margin, t_margin)
@@ -53,7 +61,7 @@ def _check(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, 
 def distill_loss(name: str, teacher_temperature: float = 1.0) -> nn.Module:
     """``margin-mse`` | ``kl`` -> the loss module (``ValueError`` otherwise)."""
     if name == "margin-mse":
-        return MarginMSELoss()
+        return MarginMSELoss(teacher_temperature)
     if name == "kl":
         return KLDistillLoss(teacher_temperature)
     raise ValueError(f"distillation loss must be margin-mse or kl, got {name!r}")

@@ -87,7 +87,7 @@ class TrainConfig:
     # issue 20: distillation from teacher scores (`retr score`); the scored file is the training data
     distill: str | None = None  # margin-mse | kl
     teacher_scores: str | None = None  # Tevatron JSONL with a "score" on every passage
-    teacher_temperature: float = 1.0  # kl: softmax(teacher / this)
+    teacher_temperature: float = 1.0  # teacher scores / this (the student's scale)
     distill_infonce_weight: float = 0.0  # + this x the contrastive loss (InfoNCE, or listwise for a reranker)
 
     def __post_init__(self) -> None:
