@@ -6,6 +6,10 @@ passages are relevant to closely related queries and are likely unjudged positiv
 window full of them trains the model against relevance (NV-Retriever, Moreira et al. 2024, discuss the same
 false-negative problem; B3's released code drops same-label rows for classification data).
 
+Score filters (``score_keep_mask``: a relative margin to the positive's score, an absolute cap) and the text key
+of copies (``text_key``) are plain functions of arrays and strings, so mining and B3's rank window (an [N, m]
+array of teacher scores per example and its positive's score) call the same code.
+
 Memory: an inverted docid -> queries map over the judged pairs (O(judged pairs)); siblings are computed per
 query on demand, so nothing grows with the product of queries and positives.
 """
