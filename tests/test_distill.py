@@ -295,3 +295,42 @@ def test_ddp_distillation_equals_one_process_on_the_global_batch(tmp_path, tiny_
     for r in ranks:
         for k in grads:
             torch.testing.assert_close(r[k], single[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_score_precision_batch_size_and_bm25_index(tmp_path, tiny_beir, tiny_model_dir, capsys):
+    """bf16 / batch 1 give the fp32 scores to bf16 accuracy (not bit-equal); --bm25-index is written, then reused
+    with the same scores."""
+    cands, _ = _candidates(tmp_path, tiny_beir)
+    outs = []
+    for i, flags in enumerate([[], ["--precision", "bf16", "--batch-size", "1"]]):
+        outs.append(tmp_path / f"p{i}.jsonl")
+        code, _, err = run_cli(["score", "-c", cands, "-o", outs[-1], "-t", f"dense:{tiny_model_dir}", *flags], capsys)
+        assert code == 0, err
+    a = np.concatenate([s for _, _, s in _scored(outs[0])])
+    b = np.concatenate([s for _, _, s in _scored(outs[1])])
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(a, b, atol=3e-2)
+    idx = tmp_path / "bm25-idx"
+    runs = []
+    for i in range(2):
+        runs.append(tmp_path / f"b{i}.jsonl")
+        code, _, err = run_cli(["score", "-c", cands, "-o", runs[-1], "-t", "bm25", "-d", tiny_beir, "--bm25-index",
+                                idx], capsys)
+        assert code == 0, err
+        if i == 0:
+            assert (idx / "meta.json").exists()
+            stamp = (idx / "meta.json").stat().st_mtime_ns
+    assert (idx / "meta.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert runs[0].read_text() == runs[1].read_text()
+
+
+@pytest.mark.parametrize("command", ["score", "mine", "train"])
+def test_help_explains_the_new_options(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich abbreviates long option names in 80 columns
+    code, out, _ = run_cli([command, "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0
+    wanted = {"score": ["--candidates", "--teacher", "--weights", "--bm25-index", "--block-size"],
+              "mine": ["--exclude-siblings", "--relative-margin", "--max-score", "--rescore-with"],
+              "train": ["--distill", "--teacher-scores", "--teacher-temperature", "--distill-infonce-weight"]}
+    assert all(flag in text for flag in wanted[command])

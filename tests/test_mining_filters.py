@@ -113,12 +113,17 @@ def test_score_keep_mask():
         score_keep_mask(cand, pos, relative_margin=-1)
 
 
-def test_bad_relative_margin_is_one_line(tmp_path, data, capsys):
+@pytest.mark.parametrize("flags,needle", [
+    (["--relative-margin", "1.5"], "--relative-margin"),
+    (["--max-score", "high"], "--max-score"),
+    (["--rescore-with", "/nonexistent/ce"], "--rescore-with"),
+])
+def test_bad_filter_values_are_one_line(tmp_path, data, flags, needle, capsys):
     from conftest import one_line_error
 
-    code, _, err = run_cli(["mine", "-d", data, "--split", "test", "--relative-margin", "1.5", "-o",
-                            tmp_path / "x.jsonl"], capsys)
-    assert code == 2 and "--relative-margin" in one_line_error(err)
+    code, _, err = run_cli(["mine", "-d", data, "--split", "test", *flags, "-o", tmp_path / "x.jsonl"], capsys)
+    assert code == 2 and needle in one_line_error(err)
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 def test_nfcorpus_bm25_mining_never_writes_a_copy_of_a_positive():
