@@ -152,3 +152,34 @@ def test_nfcorpus_bm25_mining_never_writes_a_copy_of_a_positive():
     assert stats.queries > 2000 and stats.negatives > 100_000
     assert stats.duplicates_of_positives > 0  # the window did hold copies: they were dropped
     assert exact == 0 and normalised == 0
+
+
+def test_relative_margin_scores_unranked_positives_with_the_scorer(data):
+    """When the teacher ranks none of the query's positives, the scorer gives the positive's score."""
+    from retr.retriever.hits import Hit
+
+    ds = load_beir(data, "test")
+
+    class Teacher:  # ranks d2..d11 with scores 10, 9, ..., 1; never a positive
+        def batch_search(self, queries, qids, k=10, threads=0):
+            return {q: [Hit(f"d{i}", float(12 - i), i - 1) for i in range(2, 12)][:k] for q in qids}
+
+    class Scorer:
+        name = "fixed"
+        calls = []
+
+        def score(self, queries, passages):
+            self.calls.append([p.docid for p in passages])
+            return np.full(len(passages), 5.0, np.float32)
+
+    scorer = Scorer()
+    cfg = MiningConfig(range_min=1, range_max=10, num_negatives=0, relative_margin=0.2)
+    out = {e.query_id: [n.docid for n in e.negatives] for e in iter_mined(Teacher(), ds, cfg, scorer=scorer)}
+    # positive score 5 -> keep candidates scoring <= 4: d8 (4) .. d11 (1), minus q3's positive d5 anyway
+    assert out["q1"] == ["d8", "d9", "d10", "d11"]
+    assert ["d0"] in scorer.calls  # q1's one positive was scored
+    # without a scorer there is no positive score: every candidate is dropped (never a likely false negative)
+    none = {e.query_id: [n.docid for n in e.negatives] for e in iter_mined(Teacher(), ds, cfg)}
+    assert none["q1"] == [] and none["q2"] == []
+    # q3's positive d5 is ranked (score 7): its score comes from the run, limit 5.6
+    assert none["q3"] == ["d7", "d8", "d9", "d10", "d11"]
