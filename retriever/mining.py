@@ -66,8 +66,9 @@ class MiningStats:
     above_margin: int = 0  # dropped by relative_margin / max_score
 
     def summary(self) -> str:
-        return (f"{self.queries} queries, {self.negatives} negatives; dropped: {self.duplicates_of_positives} "
-                f"copies of a positive, {self.siblings} siblings, {self.above_margin} above the score limits")
+        return (f"{self.queries} queries, {self.negatives} negatives; {self.duplicates_of_positives} copies of a "
+                f"positive dropped, {self.siblings} siblings dropped, {self.above_margin} above the score limits "
+                "dropped")
 
 
 def _text_key(title: str, text: str) -> str:  # kept for callers of the old name
