@@ -13,6 +13,7 @@ from .eval_cmd import eval_command
 from .index_cmd import index_app
 from .init_model_cmd import init_model_command
 from .mine_cmd import mine_command
+from .score_cmd import score_command
 from .search_cmd import search_command
 from .serve_cmd import serve_command
 from .train_cmd import train_command
@@ -35,6 +36,8 @@ app.command("encode", help="Encode a corpus (or one shard of it; torchrun-aware)
             "`retr index --from-embeddings`.")(encode_command)
 app.command("mine", help="Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one).")(mine_command)
 app.command("train", help="Train a dual encoder (supervised / unsupervised Contriever) or a cross-encoder.")(train_command)
+app.command("score", help="Teacher scores (cross-encoder, dense, BM25 or fusion) for every candidate of a "
+            "Tevatron JSONL, for `retr train --distill`.")(score_command)  # issue 20
 app.command("init-model", help="Write a random-init BERT that reuses an existing tokenizer.")(init_model_command)
 
 

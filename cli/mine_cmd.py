@@ -36,27 +36,57 @@ def mine_command(
     query_max_length: common.QueryMaxLen = None,
     passage_max_length: common.PassageMaxLen = None,
     verbose: common.Verbose = False,
+    # issue 20: false-negative-aware mining
+    exclude_siblings: Annotated[bool, typer.Option("--exclude-siblings", help="Drop judged positives of other "
+                                                   "queries that share a judged positive with this one (likely "
+                                                   "unjudged positives on multi-positive data such as "
+                                                   "NFCorpus).")] = False,
+    relative_margin: Annotated[Optional[float], typer.Option("--relative-margin", min=0.0, max=1.0, help="Drop "
+                                                             "candidates scoring above (1 - margin) x the "
+                                                             "query's best positive score (0.05: keep those at "
+                                                             "most 95% as similar; NV-Retriever's "
+                                                             "TopK-PercPos).")] = None,
+    max_score: Annotated[Optional[float], typer.Option("--max-score", help="Drop candidates scoring above this "
+                                                       "(teacher's scale, or --rescore-with's).")] = None,
+    rescore_with: Annotated[Optional[str], typer.Option("--rescore-with", callback=common.check_model,
+                                                        help="Cross-encoder (directory or hub id) that scores the "
+                                                        "window and the positives; --relative-margin (default 0 "
+                                                        "here: drop candidates it scores above the best "
+                                                        "positive) and --max-score then use its scores.")] = None,
 ) -> None:
-    """Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one)."""
+    """Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one;
+    optionally without siblings' positives and candidates scoring near the positive)."""
     common.setup_logging(verbose)
     if range_min > range_max:
         raise typer.BadParameter(f"--range-min {range_min} is more than --range-max {range_max}")
-    if teacher.lower() == "bm25":
-        common.reject_given(ctx, ("batch_size", "precision", *common.ENCODER_OPTIONS), "to --teacher bm25")
+    if teacher.lower() == "bm25":  # --batch-size / --precision still apply to a --rescore-with cross-encoder
+        common.reject_given(ctx, (*(() if rescore_with else ("batch_size", "precision")), *common.ENCODER_OPTIONS),
+                            "to --teacher bm25")
     common.check_outputs(files={"--output": output}, dirs={"--index": (index, "index")})
     from retr.retriever.data.beir import load_beir
     from retr.retriever.data.training import write_tevatron
     from retr.retriever.mining import MiningConfig, MiningStats, iter_mined
     from retr.retriever.pipeline import first_stage
 
-    cfg = MiningConfig(range_min=range_min, range_max=range_max, num_negatives=num_negatives, seed=seed)
+    if rescore_with is not None and relative_margin is None and max_score is None:
+        relative_margin = 0.0
+    cfg = MiningConfig(range_min=range_min, range_max=range_max, num_negatives=num_negatives, seed=seed,
+                       relative_margin=relative_margin, max_score=max_score, exclude_siblings=exclude_siblings)
     dataset = load_beir(data, split, allow_missing_docs=True)
     overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
                                          passage_max_length)
     retriever = first_stage(teacher, dataset.corpus, index_dir=index, batch_size=batch_size, precision=precision,
                             encoder_overrides=overrides)
+    from retr.retriever.scoring import teacher_scorer
+
+    scorer = teacher_scorer(retriever) if relative_margin is not None and rescore_with is None else None
+    rescorer = None
+    if rescore_with is not None:
+        from retr.retriever.scoring import CrossEncoderScorer
+
+        rescorer = CrossEncoderScorer(rescore_with, batch_size=batch_size)
+        rescorer.model.precision = precision
     stats = MiningStats()
-    write_tevatron(iter_mined(retriever, dataset, cfg, threads=threads, stats=stats), output)
-    common.console().print(f"[green]wrote[/green] {output}: {stats.queries} queries, {stats.negatives} negatives "
-                           f"(ranks {range_min}..{range_max}; {stats.duplicates_of_positives} copies of a positive "
-                           "dropped)")
+    write_tevatron(iter_mined(retriever, dataset, cfg, threads=threads, stats=stats, scorer=scorer,
+                              rescorer=rescorer), output)
+    common.console().print(f"[green]wrote[/green] {output} (ranks {range_min}..{range_max}): {stats.summary()}")

@@ -131,6 +131,20 @@ def train_command(
     merge_lora: Annotated[Optional[bool], Opt("--merge-lora", help="With --lora-r: also write OUTPUT/model-merged, "
                                               "the adapters folded into the base weights (a plain Hugging Face "
                                               "directory, no peft needed).")] = None,
+    # issue 20: distillation
+    distill: Annotated[Optional[str], Opt("--distill", help="Learn a teacher's scores: margin-mse (Hofstätter et "
+                                          "al. 2020) or kl (listwise, RocketQAv2/Tevatron) over each query's "
+                                          "[positive, --train-negatives] group. Needs --teacher-scores.")] = None,
+    teacher_scores: Annotated[Optional[Path], Opt("--teacher-scores", help="Tevatron JSONL with a score on every "
+                                                  "passage (`retr score`); the training data when distilling "
+                                                  "(instead of --data).")] = None,
+    teacher_temperature: Annotated[Optional[float], Opt("--teacher-temperature", help="Teacher scores are divided "
+                                                        "by this (both losses), to put them on the student's "
+                                                        "scale: 1 for cross-encoder logits, the student's "
+                                                        "--temperature for a dense teacher's cosines.")] = None,
+    distill_infonce_weight: Annotated[Optional[float], Opt("--distill-infonce-weight", help="Add this x the "
+                                                           "contrastive loss (InfoNCE with in-batch negatives; "
+                                                           "listwise for --mode reranker). Default 0.")] = None,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -156,7 +170,10 @@ def train_command(
                  eval_split=eval_split, eval_steps=eval_steps, report_to=report_to, resume=resume,
                  query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
                  query_prefix=query_prefix, passage_prefix=passage_prefix, query_instruction=query_instruction,
-                 task=task, torch_dtype=torch_dtype)
+                 task=task, torch_dtype=torch_dtype,
+                 # issue 20
+                 distill=distill, teacher_scores=str(teacher_scores) if teacher_scores else None,
+                 teacher_temperature=teacher_temperature, distill_infonce_weight=distill_infonce_weight)
     flags.update(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_lora=merge_lora,  # issue 19
                  lora_target_modules=_name_list(lora_target_modules))
     flags = {k: v for k, v in flags.items() if v is not None}

@@ -6,6 +6,10 @@ passages are relevant to closely related queries and are likely unjudged positiv
 window full of them trains the model against relevance (NV-Retriever, Moreira et al. 2024, discuss the same
 false-negative problem; B3's released code drops same-label rows for classification data).
 
+Score filters (``score_keep_mask``: a relative margin to the positive's score, an absolute cap) and the text key
+of copies (``text_key``) are plain functions of arrays and strings, so mining and B3's rank window (an [N, m]
+array of teacher scores per example and its positive's score) call the same code.
+
 Memory: an inverted docid -> queries map over the judged pairs (O(judged pairs)); siblings are computed per
 query on demand, so nothing grows with the product of queries and positives.
 """
@@ -52,3 +56,33 @@ def drop_siblings(candidates: Iterable[str], qid: str, siblings: SiblingPositive
     """``candidates`` in order without ``qid``'s siblings."""
     sib = siblings.siblings(qid)
     return [d for d in candidates if d not in sib]
+
+
+def text_key(title: str, text: str) -> str:
+    """Normalised title + text (whitespace collapsed, lower-cased): passages with equal keys are copies."""
+    return " ".join(f"{title} {text}".split()).lower()
+
+
+def score_keep_mask(candidate_scores, positive_scores, relative_margin: float | None = None,
+                    max_score: float | None = None):
+    """Which candidates survive the score-based false-negative filters (True = keep), vectorised for mining and
+    B3's rank window alike.
+
+    ``candidate_scores`` [..., m] and ``positive_scores`` [...] (the reference positive's score of each row, on
+    the same teacher's scale). ``relative_margin`` (NV-Retriever's TopK-PercPos, Moreira et al. 2024;
+    sentence-transformers' ``mine_hard_negatives(relative_margin=)``): drop a candidate scoring above
+    ``pos - relative_margin * |pos|`` (``pos * (1 - margin)`` for positive scores; 0.05 keeps candidates
+    at most 95% as similar as the positive). ``max_score``: drop candidates scoring above it. Returns bool
+    [..., m]; NaN scores are dropped when a filter is on."""
+    import numpy as np
+
+    cand = np.asarray(candidate_scores, np.float64)
+    keep = np.ones(cand.shape, bool)
+    if relative_margin is not None:
+        if relative_margin < 0:
+            raise ValueError(f"relative margin must be >= 0, got {relative_margin}")
+        pos = np.asarray(positive_scores, np.float64)[..., None]
+        keep &= cand <= pos - relative_margin * np.abs(pos)
+    if max_score is not None:
+        keep &= cand <= max_score
+    return keep

@@ -34,7 +34,7 @@ class _Lazy(Sequence):
 class TevatronFile(_Lazy):
     """A Tevatron JSONL file, validated once, examples parsed on access."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, require_scores: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(self.path, None, "training file not found")
@@ -48,6 +48,8 @@ class TevatronFile(_Lazy):
                 if not raw.strip():
                     continue
                 ex = parse_tevatron_line(raw, self.path, line_no)
+                if require_scores:  # issue 20: a teacher-scores file for distillation
+                    _check_scores(ex, self.path, line_no)
                 offsets.append(start)
                 lines.append(line_no)
                 counts.append(len(ex.positives))
@@ -75,6 +77,16 @@ class TevatronFile(_Lazy):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fh": None}
+
+
+def _check_scores(ex: TrainExample, path: Path, line_no: int) -> None:
+    """Every passage of a distillation example needs a teacher score, and there must be a negative."""
+    for key, items in (("positive_passages", ex.positives), ("negative_passages", ex.negatives)):
+        for j, p in enumerate(items):
+            if p.score is None:
+                raise DataError(path, line_no, f'field "{key}[{j}].score" missing (teacher scores: `retr score`)')
+    if not ex.negatives:
+        raise DataError(path, line_no, 'field "negative_passages" is empty (distillation needs scored negatives)')
 
 
 class BeirExamples(_Lazy):

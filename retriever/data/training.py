@@ -26,6 +26,11 @@ class Passage:
     docid: str
     title: str
     text: str
+    score: float | None = None  # issue 20: a teacher's score (``retr score``), for distillation
+
+    def to_json(self) -> dict:
+        d = {"docid": self.docid, "title": self.title, "text": self.text}
+        return d if self.score is None else {**d, "score": self.score}
 
     def joined(self, sep: str = " ") -> str:
         return join_title_text(self.title, self.text, sep)
@@ -45,8 +50,8 @@ class TrainExample:
 
     def to_tevatron(self) -> dict:
         return {"query_id": self.query_id, "query": self.query,
-                "positive_passages": [p.__dict__ for p in self.positives],
-                "negative_passages": [p.__dict__ for p in self.negatives]}
+                "positive_passages": [p.to_json() for p in self.positives],
+                "negative_passages": [p.to_json() for p in self.negatives]}
 
 
 def examples_from_beir(dataset: BeirDataset, negatives: dict[str, list[str]] | None = None,
@@ -83,7 +88,12 @@ def _passages(obj, path: Path, line_no: int, key: str) -> list[Passage]:
             continue
         if not isinstance(p, dict) or not isinstance(p.get("text"), str):
             raise DataError(path, line_no, f'field "{key}[{j}].text" missing or not a string')
-        out.append(Passage(str(p.get("docid", "")), str(p.get("title") or ""), p["text"]))
+        score = p.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
+                                  or score != score or abs(score) == float("inf")):
+            raise DataError(path, line_no, f'field "{key}[{j}].score" must be a finite number')
+        out.append(Passage(str(p.get("docid", "")), str(p.get("title") or ""), p["text"],
+                           None if score is None else float(score)))
     return out
 
 

@@ -90,6 +90,11 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_target_modules: list[str] = field(default_factory=list)  # [] = PEFT's default for the architecture
     merge_lora: bool = False  # also save OUTPUT/model-merged: the adapter folded into the base weights
+    # issue 20: distillation from teacher scores (`retr score`); the scored file is the training data
+    distill: str | None = None  # margin-mse | kl
+    teacher_scores: str | None = None  # Tevatron JSONL with a "score" on every passage
+    teacher_temperature: float = 1.0  # teacher scores / this (the student's scale)
+    distill_infonce_weight: float = 0.0  # + this x the contrastive loss (InfoNCE, or listwise for a reranker)
 
     def __post_init__(self) -> None:
         if self.mode not in ("supervised", "unsupervised", "reranker"):
@@ -119,6 +124,20 @@ class TrainConfig:
                                            ("--lora-target-modules", self.lora_target_modules)) if on]
             if given:
                 raise ValueError(f"{given[0]} needs --lora-r (the adapter rank)")
+
+        # issue 20: distillation
+        if self.distill is not None and self.distill not in ("margin-mse", "kl"):
+            raise ValueError(f"distill must be margin-mse or kl, got {self.distill!r}")
+        if (self.distill is None) != (self.teacher_scores is None):
+            raise ValueError("--distill and --teacher-scores go together")
+        if self.distill is not None and self.mode == "unsupervised":
+            raise ValueError("--distill needs --mode supervised or reranker")
+        if self.distill is not None and (self.train_data or self.negatives_file):
+            raise ValueError("--teacher-scores is the training data when distilling: drop --data / --negatives")
+        if self.distill is not None and self.matryoshka_dims:
+            raise ValueError("--distill is not combined with --matryoshka-dims")
+        if self.teacher_temperature <= 0 or self.distill_infonce_weight < 0:
+            raise ValueError("--teacher-temperature must be > 0 and --distill-infonce-weight >= 0")
 
     def lora_settings(self):
         """The LoRA settings (``ValueError`` for a value out of range); ``None`` without ``lora_r``."""

@@ -89,7 +89,10 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     if cfg.lora_r:  # issue 19: freeze the base model, train LoRA adapters (seeded: the same on every rank)
         add_lora(model, cfg.lora_settings(), seed=cfg.seed)
         log.info("LoRA r=%d: %s parameters", cfg.lora_r, parameter_counts(model))
-    if cfg.mode == "supervised":
+    if cfg.distill:  # issue 20: teacher scores -> dual encoder or cross-encoder
+        examples, collate, task, fingerprint = distill_parts(cfg, model)
+        n = len(examples)
+    elif cfg.mode == "supervised":
         examples = supervised_examples(cfg)
         collate = SupervisedCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
         fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
@@ -129,6 +132,28 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
     trainer = Trainer(model, task, collate, sampler, cfg, dist=dist, eval_fn=eval_fn)
     trainer.data_fingerprint = fingerprint
     return trainer
+
+
+def distill_parts(cfg: TrainConfig, model):
+    """(examples, collator, task, fingerprint) of distillation from ``cfg.teacher_scores`` (issue 20)."""
+    from ..data.examples import TevatronFile
+    from ..losses.distill import distill_loss
+    from .distill import DistillCollator, DistillRerankTask, DistillTask
+
+    examples = TevatronFile(cfg.teacher_scores, require_scores=True)  # every passage scored (file/line errors)
+    if cfg.pairs:
+        examples = as_pairs(examples)
+    cross = cfg.mode == "reranker"
+    collate = DistillCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed, cross=cross)
+    loss = distill_loss(cfg.distill, cfg.teacher_temperature)
+    if cross:
+        task = DistillRerankTask(loss, ListwiseSoftmaxLoss(1 + cfg.train_negatives), cfg.distill_infonce_weight)
+    else:
+        task = DistillTask(loss, in_batch_loss(cfg, model), cfg.distill_infonce_weight)
+    fingerprint = _fingerprint((e.query_id, e.query, [(p.docid, p.score) for p in e.positives + e.negatives])
+                               for e in examples)
+    log.info("distilling (%s) from %s: %d examples", cfg.distill, cfg.teacher_scores, len(examples))
+    return examples, collate, task, fingerprint
 
 
 def in_batch_loss(cfg: TrainConfig, model: DualEncoder):
