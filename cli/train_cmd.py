@@ -114,6 +114,22 @@ def train_command(
     query_instruction: common.QueryInstruction = None,
     task: common.Task = None,
     torch_dtype: common.TorchDtype = None,
+    # issue 21: the B3 authors' construction
+    b3_mutual_edges: Annotated[Optional[bool], Opt("--b3-mutual-edges", help="B3: keep an edge only if each "
+                                                   "example is in the other's window (authors' graph; default: "
+                                                   "either).")] = None,
+    b3_exact_k: Annotated[Optional[bool], Opt("--b3-exact-k", help="B3: clusters of exactly --b3-cluster-size "
+                                              "(overflow moved, leftovers cut into K-sized chunks).")] = None,
+    b3_clusters_per_batch: Annotated[Optional[int], Opt("--b3-clusters-per-batch", min=1, help="B3: each batch "
+                                                        "is this many whole clusters (needs --b3-exact-k; "
+                                                        "batch size = this x K).")] = None,
+    b3_cluster_negatives: Annotated[Optional[int], Opt("--b3-cluster-negatives", min=0, help="B3++: hard "
+                                                       "negatives per query drawn from its cluster's pooled "
+                                                       "windows, weighted by count, minus a penalty for each "
+                                                       "top-p appearance; use with --train-negatives N.")] = None,
+    b3_sibling_exclusion: Annotated[Optional[bool], Opt("--b3-sibling-exclusion", help="B3: rank windows skip "
+                                                        "queries sharing a judged positive (multi-positive "
+                                                        "data, e.g. NFCorpus).")] = None,
     verbose: common.Verbose = False,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
@@ -140,7 +156,9 @@ def train_command(
                  eval_split=eval_split, eval_steps=eval_steps, report_to=report_to, resume=resume,
                  query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
                  query_prefix=query_prefix, passage_prefix=passage_prefix, query_instruction=query_instruction,
-                 task=task, torch_dtype=torch_dtype)
+                 task=task, torch_dtype=torch_dtype,
+                 b3_mutual_edges=b3_mutual_edges, b3_exact_k=b3_exact_k, b3_clusters_per_batch=b3_clusters_per_batch,
+                 b3_cluster_negatives=b3_cluster_negatives, b3_sibling_exclusion=b3_sibling_exclusion)  # issue 21
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:

@@ -84,6 +84,12 @@ class TrainConfig:
     eval_steps: int | None = None
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
     resume: bool = False
+    # issue 21: the B3 authors' construction (see retriever/training/b3_authors.py)
+    b3_mutual_edges: bool = False  # edge (i, j) only if j is in i's window and i in j's
+    b3_exact_k: bool = False  # clusters of exactly b3_cluster_size
+    b3_clusters_per_batch: int | None = None  # batches of whole clusters (needs b3_exact_k, batch = c * K)
+    b3_cluster_negatives: int = 0  # B3++: hard negatives per query from its cluster's pooled windows
+    b3_sibling_exclusion: bool = False  # rank windows skip queries sharing a judged positive
 
     def __post_init__(self) -> None:
         if self.mode not in ("supervised", "unsupervised", "reranker"):
@@ -103,6 +109,13 @@ class TrainConfig:
                              "use --in-batch")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
+        if self.b3_cluster_negatives < 0:  # issue 21
+            raise ValueError("--b3-cluster-negatives must be >= 0")
+        if self.b3_clusters_per_batch is not None and self.batch_size != self.b3_clusters_per_batch * self.b3_cluster_size:
+            raise ValueError(f"--b3-clusters-per-batch {self.b3_clusters_per_batch} x --b3-cluster-size "
+                             f"{self.b3_cluster_size} must equal --batch-size {self.batch_size}")
+        if self.b3_clusters_per_batch is not None and not self.b3_exact_k:
+            raise ValueError("--b3-clusters-per-batch needs --b3-exact-k (whole clusters of exactly K)")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
