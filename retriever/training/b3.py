@@ -227,7 +227,7 @@ def mine_b3(queries: np.ndarray, positives: np.ndarray, cfg: B3Config, groups: S
     t_rank = time.perf_counter() - t0
     clusters = detect_communities(len(queries), edges, cfg)
     del edges, found
-    negatives = (cluster_negatives(ranks, clusters, cfg.cluster_negatives, cfg.p, cfg.seed, codes)
+    negatives = (cluster_negatives(ranks, clusters, cfg.cluster_negatives, cfg.p, cfg.seed, codes, exclude)
                  if ranks is not None else [])
     stats = {"examples": len(queries), "edges": int(mined), "clusters": len(clusters),
              "rank_seconds": round(t_rank, 2), "cluster_seconds": round(time.perf_counter() - t0 - t_rank, 2)}

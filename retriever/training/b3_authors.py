@@ -20,7 +20,7 @@ copied from it. Memory is stated per function; nothing grows with n².
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -80,14 +80,15 @@ def exact_k(clusters: list[list[int]], k: int, seed: int = 0) -> list[list[int]]
 
 
 def cluster_negatives(ranks: np.ndarray, clusters: Sequence[Sequence[int]], n_negatives: int, p: int,
-                      seed: int = 0, groups: np.ndarray | None = None) -> list[list[int]]:
+                      seed: int = 0, groups: np.ndarray | None = None,
+                      exclude: Callable[[int], np.ndarray] | None = None) -> list[list[int]]:
     """B3++ cluster-level hard negatives: per example, ``n_negatives`` example ids whose positives serve as its
     hard negatives (fewer only if the cluster's pool is smaller).
 
     ``ranks``: [n, p + m] int32 from ``rank_window_edges(keep_ranks=True)`` (-1 = none; excluded rows, e.g.
     siblings, are already absent). A candidate's score is its count over the members' windows minus 2 per
     appearance in a member's top ``p``; members and candidates scoring <= 0 are never drawn, nor an example of
-    the member's own group (``groups``). Candidates are ordered by weighted sampling without replacement and
+    the member's own group (``groups``) or in ``exclude(member)`` (e.g. its siblings). Candidates are ordered by weighted sampling without replacement and
     dealt round-robin to the members; when the pool runs short it is dealt again (a candidate then serves two
     members, as the authors' repeat).
 
@@ -117,9 +118,10 @@ def cluster_negatives(ranks: np.ndarray, clusters: Sequence[Sequence[int]], n_ne
         cursor = 0
         for member in rng.permutation(members):
             got: list[int] = []
+            banned = set(exclude(int(member)).tolist()) if exclude is not None else set()
             for step in range(len(order)):
                 j = int(order[(cursor + step) % len(order)])
-                if codes[j] != codes[member] and j not in got:
+                if codes[j] != codes[member] and j not in got and j not in banned:
                     got.append(j)
                     if len(got) == n_negatives:
                         break
