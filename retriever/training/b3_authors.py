@@ -20,11 +20,12 @@ copied from it. Memory is stated per function; nothing grows with n².
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..data.training import TrainExample
+if TYPE_CHECKING:  # not imported at run time: mining stays free of the data stack's imports
+    from ..data.training import TrainExample
 
 
 def mutual_edges(edges: np.ndarray, n: int, block: int = 1 << 20) -> np.ndarray:
@@ -135,7 +136,7 @@ class ClusterNegativeExamples(Sequence):
     examples (one drawn per (seed, example, negative), so a multi-positive negative is not always the same).
     Lazy: memory holds only the negative ids."""
 
-    def __init__(self, examples: Sequence[TrainExample], negatives: list[list[int]], seed: int = 0):
+    def __init__(self, examples: Sequence["TrainExample"], negatives: list[list[int]], seed: int = 0):
         if len(negatives) != len(examples):
             raise ValueError(f"{len(negatives)} negative lists for {len(examples)} examples")
         self.examples, self.negatives, self.seed = examples, negatives, seed
@@ -143,7 +144,7 @@ class ClusterNegativeExamples(Sequence):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, i: int) -> TrainExample:
+    def __getitem__(self, i: int) -> "TrainExample":
         ex = self.examples[i]
         chosen = []
         for j in self.negatives[i]:
