@@ -196,3 +196,28 @@ def test_cli_refuses_inconsistent_b3_options(tmp_path, tiny_model_dir, capsys):
     assert code == 2 and "--b3-exact-k" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(base + ["--b3-exact-k", "--b3-clusters-per-batch", "3"], capsys)
     assert code == 2 and "must equal --batch-size 16" in err and "Traceback" not in err
+
+
+def test_trainer_batches_whole_clusters_with_cluster_negatives(tmp_path, tiny_model_dir):
+    from retr.retriever.training.arguments import TrainConfig
+    from retr.retriever.training.driver import build_trainer
+
+    data = _synthetic_beir(tmp_path / "data")
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), train_data=[str(data)],
+                      batch_size=16, max_steps=1, batching="b3", b3_teacher=str(tiny_model_dir), b3_p=1, b3_m=6,
+                      b3_cluster_size=8, b3_cache=str(tmp_path / "cache"), b3_exact_k=True,
+                      b3_clusters_per_batch=2, b3_cluster_negatives=2, train_negatives=2, save_steps=0)
+    trainer = build_trainer(cfg)
+    clusters = [set(c) for c in trainer.sampler.clusters]
+    for b in trainer.sampler.batches(0):
+        assert sum(1 for c in clusters if c <= set(b)) == 2
+    examples = trainer.collate.examples
+    assert isinstance(examples, ClusterNegativeExamples)
+    for i in range(len(examples)):
+        negs = trainer.sampler.negatives[i]
+        pool = {p.docid for j in negs for p in examples.examples[j].positives}
+        got = [p.docid for p in examples[i].negatives]
+        assert len(negs) == 2 and set(got) <= pool and len(got) == 2  # no negative here is i's own positive
+    batch = trainer.collate(trainer.sampler.batches(0)[0], 0)
+    assert batch["passage_keys"].shape[0] == 16 * 3  # positive + 2 cluster negatives per query
+    assert trainer.train()["steps"] == 1
