@@ -206,7 +206,8 @@ def test_trainer_batches_whole_clusters_with_cluster_negatives(tmp_path, tiny_mo
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), train_data=[str(data)],
                       batch_size=16, max_steps=1, batching="b3", b3_teacher=str(tiny_model_dir), b3_p=1, b3_m=6,
                       b3_cluster_size=8, b3_cache=str(tmp_path / "cache"), b3_exact_k=True,
-                      b3_clusters_per_batch=2, b3_cluster_negatives=2, train_negatives=2, save_steps=0)
+                      b3_clusters_per_batch=2, b3_cluster_negatives=2, train_negatives=2, save_steps=0,
+                      b3_sibling_exclusion=True)  # q0 and q1 share d1: never negatives for each other
     trainer = build_trainer(cfg)
     clusters = [set(c) for c in trainer.sampler.clusters]
     for b in trainer.sampler.batches(0):
