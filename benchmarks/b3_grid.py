@@ -76,6 +76,7 @@ def train_and_eval(train: tuple[str, ...], variant: str, seed: int, args, tests:
                       train_split="train", pairs=False, batch_size=32, max_steps=args.steps or 150, lr=args.lr,
                       seed=seed, query_max_length=64, passage_max_length=128, precision="bf16",
                       b3_cache=os.path.join(args.out, "b3-cache"), save_steps=0, logging_steps=50,
+                      b3_teacher=args.teacher or "minilm",
                       **{"train_negatives": 0, **extra})
     trainer = build_trainer(cfg)
     trainer.train()

@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--cell", choices=["a", "b", "c", "d"], nargs="+",
                     help="issue 21 grid cells (see b3_grid.py); --seeds, --out, --lr and --steps apply.")
     ap.add_argument("--mined", help="--cell c: Tevatron JSONL from `retr mine` for the pooled train sets.")
+    ap.add_argument("--teacher", help="--cell: B3 teacher (default: the packaged MiniLM; a tiny model for a "
+                                      "smoke test).")
     args = ap.parse_args()
     if args.cell:
         from b3_grid import run_grid  # noqa: E402  (beside this script)
