@@ -10,6 +10,10 @@ per query would make one query's pairs cluster together, where they are no negat
 batches of --big-batch (GradCache, chunk 32) for the same number of steps. Results are cached in --out per run
 (B3 runs keyed by p, m, K too), so an interrupted study resumes and other p/m/K settings reuse the random runs.
 Last it prints every setting measured in --out, each with its seed-by-seed difference to random batches of 32.
+
+``--cell a|b|c|d`` (issue 21) runs the settled grid instead (``b3_grid.py``): a student that is not yet an
+embedder (a random-init BERT from ``retr init-model`` with MiniLM's tokenizer) and MiniLM as B3 teacher, >= 5
+paired seeds, each comparison with a paired t-test p-value and the smallest difference the seeds could detect.
 """
 from __future__ import annotations
 
@@ -71,7 +75,16 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--out", default="out/b3-quality")
     ap.add_argument("--steps", type=int, help="Training steps for every dataset (default: %s)." % STEPS)
+    ap.add_argument("--cell", choices=["a", "b", "c", "d"], nargs="+",
+                    help="issue 21 grid cells (see b3_grid.py); --seeds, --out, --lr and --steps apply.")
+    ap.add_argument("--mined", help="--cell c: Tevatron JSONL from `retr mine` for the pooled train sets.")
+    ap.add_argument("--teacher", help="--cell: B3 teacher (default: the packaged MiniLM; a tiny model for a "
+                                      "smoke test).")
     args = ap.parse_args()
+    if args.cell:
+        from b3_grid import run_grid  # noqa: E402  (beside this script)
+
+        return run_grid(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # B3 mining report
     if args.steps:
         STEPS.update({name: args.steps for name in args.datasets})
@@ -144,7 +157,24 @@ def print_all_settings(results: dict, datasets: list[str]) -> None:
             paired = "-" if (batching, batch) == ("random", "32") or not diffs else (
                 f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.4f}")
             mean = statistics.mean(vals)
+            if len(diffs) > 1:
+                paired += f"; p={paired_stats(diffs)['p']:.3f}, detectable {paired_stats(diffs)['mdd']:.4f}"
             print(f"| {name} | {batching} | {batch} | {mean:.4f} ± {sd:.4f} | {len(vals)} | {paired} |")
+
+
+def paired_stats(diffs: list[float], alpha: float = 0.05, power: float = 0.8) -> dict[str, float]:
+    """Paired comparison of per-seed differences (variant - baseline, same seed): mean, std, two-sided one-sample
+    t-test p-value (= scipy's paired ``ttest_rel``), and the minimum detectable difference at ``alpha`` with
+    ``power``: (t[1 - alpha/2, n-1] + t[power, n-1]) * std / sqrt(n) (normal-approximation power formula with
+    t quantiles), the smallest true mean difference these seeds would find significant ``power`` of the time."""
+    from scipy import stats
+
+    n = len(diffs)
+    mean = statistics.mean(diffs)
+    sd = statistics.stdev(diffs) if n > 1 else float("nan")
+    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if n > 1 and sd > 0 else float("nan")
+    mdd = (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / n ** 0.5 if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "sd": sd, "p": p, "mdd": float(mdd)}
 
 
 if __name__ == "__main__":

@@ -114,6 +114,22 @@ def train_command(
     query_instruction: common.QueryInstruction = None,
     task: common.Task = None,
     torch_dtype: common.TorchDtype = None,
+    # issue 21: the B3 authors' construction
+    b3_mutual_edges: Annotated[Optional[bool], Opt("--b3-mutual-edges", help="B3: keep an edge only if each "
+                                                   "example is in the other's window (authors' graph; default: "
+                                                   "either).")] = None,
+    b3_exact_k: Annotated[Optional[bool], Opt("--b3-exact-k", help="B3: clusters of exactly --b3-cluster-size "
+                                              "(overflow moved, leftovers cut into K-sized chunks).")] = None,
+    b3_clusters_per_batch: Annotated[Optional[int], Opt("--b3-clusters-per-batch", min=1, help="B3: each batch "
+                                                        "is this many whole clusters (needs --b3-exact-k; "
+                                                        "batch size = this x K).")] = None,
+    b3_cluster_negatives: Annotated[Optional[int], Opt("--b3-cluster-negatives", min=0, help="B3++: hard "
+                                                       "negatives per query drawn from its cluster's pooled "
+                                                       "windows, weighted by count, minus a penalty for each "
+                                                       "top-p appearance; use with --train-negatives N.")] = None,
+    b3_sibling_exclusion: Annotated[Optional[bool], Opt("--b3-sibling-exclusion", help="B3: rank windows skip "
+                                                        "queries sharing a judged positive (multi-positive "
+                                                        "data, e.g. NFCorpus).")] = None,
     verbose: common.Verbose = False,
     # issue 19: LoRA adapters (peft)
     lora_r: Annotated[Optional[int], Opt("--lora-r", min=0, help="LoRA (Hu et al. 2021, via peft): freeze the "
@@ -173,7 +189,9 @@ def train_command(
                  task=task, torch_dtype=torch_dtype,
                  # issue 20
                  distill=distill, teacher_scores=str(teacher_scores) if teacher_scores else None,
-                 teacher_temperature=teacher_temperature, distill_infonce_weight=distill_infonce_weight)
+                 teacher_temperature=teacher_temperature, distill_infonce_weight=distill_infonce_weight,
+                 b3_mutual_edges=b3_mutual_edges, b3_exact_k=b3_exact_k, b3_clusters_per_batch=b3_clusters_per_batch,
+                 b3_cluster_negatives=b3_cluster_negatives, b3_sibling_exclusion=b3_sibling_exclusion)  # issue 21
     flags.update(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_lora=merge_lora,  # issue 19
                  lora_target_modules=_name_list(lora_target_modules))
     flags = {k: v for k, v in flags.items() if v is not None}

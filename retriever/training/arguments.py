@@ -95,6 +95,12 @@ class TrainConfig:
     teacher_scores: str | None = None  # Tevatron JSONL with a "score" on every passage
     teacher_temperature: float = 1.0  # teacher scores / this (the student's scale)
     distill_infonce_weight: float = 0.0  # + this x the contrastive loss (InfoNCE, or listwise for a reranker)
+    # issue 21: the B3 authors' construction (see retriever/training/b3_authors.py)
+    b3_mutual_edges: bool = False  # edge (i, j) only if j is in i's window and i in j's
+    b3_exact_k: bool = False  # clusters of exactly b3_cluster_size
+    b3_clusters_per_batch: int | None = None  # batches of whole clusters (needs b3_exact_k, batch = c * K)
+    b3_cluster_negatives: int = 0  # B3++: hard negatives per query from its cluster's pooled windows
+    b3_sibling_exclusion: bool = False  # rank windows skip queries sharing a judged positive
 
     def __post_init__(self) -> None:
         if self.mode not in ("supervised", "unsupervised", "reranker"):
@@ -138,6 +144,14 @@ class TrainConfig:
             raise ValueError("--distill is not combined with --matryoshka-dims")
         if self.teacher_temperature <= 0 or self.distill_infonce_weight < 0:
             raise ValueError("--teacher-temperature must be > 0 and --distill-infonce-weight >= 0")
+
+        if self.b3_cluster_negatives < 0:  # issue 21
+            raise ValueError("--b3-cluster-negatives must be >= 0")
+        if self.b3_clusters_per_batch is not None and self.batch_size != self.b3_clusters_per_batch * self.b3_cluster_size:
+            raise ValueError(f"--b3-clusters-per-batch {self.b3_clusters_per_batch} x --b3-cluster-size "
+                             f"{self.b3_cluster_size} must equal --batch-size {self.batch_size}")
+        if self.b3_clusters_per_batch is not None and not self.b3_exact_k:
+            raise ValueError("--b3-clusters-per-batch needs --b3-exact-k (whole clusters of exactly K)")
 
     def lora_settings(self):
         """The LoRA settings (``ValueError`` for a value out of range); ``None`` without ``lora_r``."""

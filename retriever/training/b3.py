@@ -10,6 +10,13 @@
 4. Each epoch, clusters are shuffled (and shuffled inside), laid end to end and cut into batches of B, so a
    batch of B holds about B/K clusters and every example appears once per epoch.
 
+The authors' released construction (raghavlite/B3, ``data_processing/spectral_clustering4_ibn.py``) differs in
+four ways, each an option here (see ``b3_authors.py``): edges only where the window relation is mutual
+(``mutual_edges``), clusters of exactly K (``exact_k``), batches of whole clusters (``clusters_per_batch`` of
+``B3BatchSampler``), and B3++'s cluster-level hard negatives (``cluster_negatives``). ``exclude`` (e.g. examples
+whose query shares a judged positive, ``retr.retriever.false_negatives.SiblingPositives``) removes rows from
+every example's rank window, the analogue of the authors' same-label exclusion for classification data.
+
 No library implements this batch mining (the paper's repository holds evaluation code only), hence this module.
 Mined clusters are cached (JSON, atomically) under a key of teacher fingerprint + data fingerprint + settings.
 """
@@ -21,7 +28,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,41 +44,80 @@ class B3Config:
     cluster_size: int = 32  # K
     algorithm: str = "metis"  # metis | leiden | louvain
     seed: int = 0
+    # issue 21: the authors' construction (see b3_authors.py)
+    mutual_edges: bool = False  # keep edge (i, j) only if j is in i's window and i in j's
+    exact_k: bool = False  # every cluster exactly K (overflow moved, leftovers cut into K-sized chunks)
+    cluster_negatives: int = 0  # B3++: hard negatives per example drawn from its cluster's pooled windows
+    sibling_exclusion: bool = False  # rank windows skip examples whose query shares a judged positive
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("metis", "leiden", "louvain"):
             raise ValueError(f"B3 algorithm must be metis, leiden or louvain, got {self.algorithm!r}")
         if self.p < 0 or self.m < 1 or self.cluster_size < 1:
             raise ValueError("B3 needs p >= 0, m >= 1 and cluster_size >= 1")
+        if self.cluster_negatives < 0:
+            raise ValueError("B3 cluster_negatives must be >= 0")
 
 
-def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096,
-                      groups: np.ndarray | None = None) -> np.ndarray:
-    """[E, 2] int32 edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i.
-
-    Memory: the flat index of positives (n x dim floats), one search batch of ranks, and 8 bytes per edge.
+def ranked_windows(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096,
+                   groups: np.ndarray | None = None, exclude: Callable[[int], np.ndarray] | None = None,
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """Per search batch: (first row, [b, p + m] int32) the other examples whose positives rank 1..p+m for each
+    query, best first, -1 where fewer exist.
 
     ``groups`` (e.g. query ids of (query, positive) pairs): examples of i's own group are not "other" examples
-    either: another positive of the same query is no negative (training masks it), so it takes no rank."""
+    either: another positive of the same query is no negative (training masks it), so it takes no rank.
+    ``exclude(i)``: more example indices that take no rank in i's window (e.g. sibling queries).
+
+    Memory: the flat index of positives (n x dim floats) and one search batch of ranks; the search depth grows
+    by the largest group and the largest exclusion in the batch."""
     import faiss
 
     n = len(queries)
     groups = _group_codes(groups, n)
     largest = int(np.bincount(groups).max()) if n else 1
-    depth = min(n, p + m + largest)
     index = faiss.IndexFlatIP(positives.shape[1])
     index.add(np.ascontiguousarray(positives, dtype=np.float32))
-    out = []  # one int32 [e, 2] array per search batch: 8 bytes per edge
     for s in range(0, n, batch):
-        _, rows = index.search(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32), depth)
-        part = []
-        for i, row in zip(range(s, s + len(rows)), rows):
+        stop = min(n, s + batch)
+        excluded = [exclude(i) for i in range(s, stop)] if exclude is not None else None
+        extra = max((len(e) for e in excluded), default=0) if excluded else 0
+        depth = min(n, p + m + largest + extra)
+        _, rows = index.search(np.ascontiguousarray(queries[s:stop], dtype=np.float32), depth)
+        out = np.full((stop - s, p + m), -1, np.int32)
+        for r, row in enumerate(rows):
+            i = s + r
             row = row[row >= 0]
-            others = row[groups[row] != groups[i]][p:p + m]  # rank among the *other* examples' positives
-            part.append(np.stack([np.full(len(others), i), others], axis=1).astype(np.int32))
-        if part:
-            out.append(np.concatenate(part))
-    return np.concatenate(out) if out else np.zeros((0, 2), np.int32)
+            row = row[groups[row] != groups[i]]  # rank among the *other* examples' positives
+            if excluded is not None and len(excluded[r]):
+                row = row[~np.isin(row, excluded[r])]
+            row = row[:p + m]
+            out[r, :len(row)] = row
+        yield s, out
+
+
+def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096,
+                      groups: np.ndarray | None = None, exclude: Callable[[int], np.ndarray] | None = None,
+                      keep_ranks: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """[E, 2] int32 edges (i, j): positive j ranks p+1..p+m among the other examples' positives for query i
+    (see ``ranked_windows`` for ``groups`` and ``exclude``).
+
+    Memory: the flat index of positives (n x dim floats), one search batch of ranks, and 8 bytes per edge;
+    ``keep_ranks`` also returns the [n, p + m] int32 rank table (4 (p + m) bytes per example), which B3++'s
+    cluster negatives need."""
+    out, tables = [], []  # one int32 [e, 2] array per search batch: 8 bytes per edge
+    for s, ranks in ranked_windows(queries, positives, p, m, batch, groups, exclude):
+        window = ranks[:, p:]
+        rows = np.repeat(np.arange(s, s + len(ranks), dtype=np.int32), window.shape[1])
+        flat = window.reshape(-1)
+        keep = flat >= 0
+        out.append(np.stack([rows[keep], flat[keep]], axis=1))
+        if keep_ranks:
+            tables.append(ranks)
+    edges = np.concatenate(out) if out else np.zeros((0, 2), np.int32)
+    if keep_ranks:
+        return edges, (np.concatenate(tables) if tables else np.zeros((0, p + m), np.int32))
+    return edges
 
 
 def _group_codes(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:
@@ -120,7 +166,7 @@ def _normalise_sizes(clusters: list[list[int]], k: int, rng: np.random.Generator
 def detect_communities(n: int, edges: np.ndarray, cfg: B3Config) -> list[list[int]]:
     rng = np.random.default_rng(cfg.seed)
     xadj, adjncy = _csr(n, edges)
-    parts = max(1, round(n / cfg.cluster_size))
+    parts = max(1, n // cfg.cluster_size if cfg.exact_k else round(n / cfg.cluster_size))  # authors: n // K
     pairs = [] if cfg.algorithm == "metis" else [
         (i, int(j)) for i in range(n) for j in adjncy[xadj[i]:xadj[i + 1]] if i < j]
     if cfg.algorithm == "metis":
@@ -145,18 +191,51 @@ def detect_communities(n: int, edges: np.ndarray, cfg: B3Config) -> list[list[in
         g.add_nodes_from(range(n))
         g.add_edges_from(pairs)
         found = [sorted(c) for c in nx.community.louvain_communities(g, seed=cfg.seed)]
+    if cfg.exact_k:
+        from .b3_authors import exact_k
+
+        return exact_k(found, cfg.cluster_size, cfg.seed)
     return _normalise_sizes(found, cfg.cluster_size, rng) if cfg.algorithm != "metis" else found
 
 
 def mine_clusters(queries: np.ndarray, positives: np.ndarray, cfg: B3Config,
-                  groups: Sequence | np.ndarray | None = None) -> tuple[list[list[int]], dict]:
+                  groups: Sequence | np.ndarray | None = None,
+                  exclude: Callable[[int], np.ndarray] | None = None) -> tuple[list[list[int]], dict]:
+    """Clusters (lists of example ids) and a stats dict; see ``mine_b3`` for the cluster negatives too."""
+    clusters, stats, _ = mine_b3(queries, positives, cfg, groups, exclude)
+    return clusters, stats
+
+
+def mine_b3(queries: np.ndarray, positives: np.ndarray, cfg: B3Config, groups: Sequence | np.ndarray | None = None,
+            exclude: Callable[[int], np.ndarray] | None = None) -> tuple[list[list[int]], dict, list[list[int]]]:
+    """Clusters, stats and (``cfg.cluster_negatives`` > 0) per-example cluster-negative example ids.
+
+    ``queries``/``positives``: [n, dim] float teacher embeddings; ``groups``/``exclude`` as ``ranked_windows``.
+    Memory: 8 bytes per mined edge (n m edges, fewer when mutual) plus the CSR graph (16 bytes per edge
+    while it is built); cluster negatives add the [n, p + m] int32 rank table."""
+    from .b3_authors import cluster_negatives, mutual_edges
+
     t0 = time.perf_counter()
-    edges = rank_window_edges(queries, positives, cfg.p, cfg.m, groups=groups)
+    codes = _group_codes(groups, len(queries))
+    found = rank_window_edges(queries, positives, cfg.p, cfg.m, groups=codes, exclude=exclude,
+                              keep_ranks=cfg.cluster_negatives > 0)
+    edges, ranks = found if cfg.cluster_negatives > 0 else (found, None)
+    mined = len(edges)
+    if cfg.mutual_edges:
+        edges = mutual_edges(edges, len(queries))
+    kept = len(edges)
     t_rank = time.perf_counter() - t0
     clusters = detect_communities(len(queries), edges, cfg)
-    stats = {"examples": len(queries), "edges": int(len(edges)), "clusters": len(clusters),
+    del edges, found
+    negatives = (cluster_negatives(ranks, clusters, cfg.cluster_negatives, cfg.p, cfg.seed, codes, exclude)
+                 if ranks is not None else [])
+    stats = {"examples": len(queries), "edges": int(mined), "clusters": len(clusters),
              "rank_seconds": round(t_rank, 2), "cluster_seconds": round(time.perf_counter() - t0 - t_rank, 2)}
-    return clusters, stats
+    if cfg.mutual_edges:
+        stats["mutual_edges"] = int(kept)
+    if negatives:
+        stats["cluster_negatives_per_example"] = round(float(np.mean([len(x) for x in negatives])), 2)
+    return clusters, stats, negatives
 
 
 def size_histogram(clusters: Sequence[Sequence[int]]) -> dict[str, int]:
@@ -185,15 +264,33 @@ def in_batch_negative_similarity(queries: np.ndarray, positives: np.ndarray, bat
 
 
 class B3BatchSampler:
-    """Batches drawn from B3 clusters; reshuffled every epoch (clusters and members), every example once."""
+    """Batches drawn from B3 clusters; reshuffled every epoch (clusters and members), every example once.
 
-    def __init__(self, clusters: list[list[int]], batch_size: int, seed: int = 0, drop_last: bool = True):
+    ``clusters_per_batch`` = c (the authors' batches, issue 21): each batch is c whole clusters, so every
+    cluster must hold exactly ``batch_size / c`` examples (mine with ``exact_k``); otherwise clusters are laid
+    end to end and cut into batches of ``batch_size``, so a batch may hold pieces of B/K + 1 clusters."""
+
+    def __init__(self, clusters: list[list[int]], batch_size: int, seed: int = 0, drop_last: bool = True,
+                 clusters_per_batch: int | None = None):
         self.clusters, self.batch_size, self.seed, self.drop_last = clusters, batch_size, seed, drop_last
+        self.clusters_per_batch = clusters_per_batch
         self.n = sum(len(c) for c in clusters)
-        if drop_last and self.n < batch_size:
+        if clusters_per_batch is not None:
+            if clusters_per_batch < 1 or batch_size % clusters_per_batch:
+                raise ValueError(f"--b3-clusters-per-batch {clusters_per_batch} does not divide the batch size "
+                                 f"{batch_size}")
+            k = batch_size // clusters_per_batch
+            if any(len(c) != k for c in clusters):
+                raise ValueError(f"--b3-clusters-per-batch {clusters_per_batch} needs clusters of exactly "
+                                 f"{k} (batch size / clusters per batch): set --b3-exact-k and --b3-cluster-size {k}")
+            if len(clusters) < clusters_per_batch:
+                raise ValueError(f"{len(clusters)} clusters are fewer than one batch of {clusters_per_batch}")
+        elif drop_last and self.n < batch_size:
             raise ValueError(f"{self.n} examples is fewer than one batch of {batch_size}")
 
     def __len__(self) -> int:
+        if self.clusters_per_batch is not None:
+            return len(self.clusters) // self.clusters_per_batch
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def batches(self, epoch: int) -> list[list[int]]:
@@ -214,15 +311,22 @@ def data_fingerprint(queries: Sequence[str], positives: Sequence[str]) -> str:
 
 def cached_clusters(cache_dir: str | Path, key_parts: dict, compute) -> tuple[list[list[int]], dict]:
     """Load clusters cached under a key of ``key_parts``, or ``compute()`` and cache them atomically."""
+    clusters, stats, _ = cached_mining(cache_dir, key_parts, lambda: (*compute(), []))
+    return clusters, stats
+
+
+def cached_mining(cache_dir: str | Path, key_parts: dict, compute) -> tuple[list[list[int]], dict, list[list[int]]]:
+    """(clusters, stats, cluster negatives) cached under a key of ``key_parts`` (JSON, written atomically), or
+    ``compute()`` -> that triple, then cached."""
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"b3-{key}.json"
     if path.exists():
         data = read_json(path)
         log.info("B3 clusters loaded from cache %s", path)
-        return data["clusters"], {**data["stats"], "cache": str(path), "cached": True}
-    clusters, stats = compute()
-    write_json_atomic(path, {"key": key_parts, "stats": stats, "clusters": clusters})
-    return clusters, {**stats, "cache": str(path), "cached": False}
+        return data["clusters"], {**data["stats"], "cache": str(path), "cached": True}, data.get("negatives", [])
+    clusters, stats, negatives = compute()
+    write_json_atomic(path, {"key": key_parts, "stats": stats, "clusters": clusters, "negatives": negatives})
+    return clusters, {**stats, "cache": str(path), "cached": False}, negatives
 
 
 def b3_config_dict(cfg: B3Config) -> dict:

@@ -94,6 +94,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         n = len(examples)
     elif cfg.mode == "supervised":
         examples = supervised_examples(cfg)
+        sampler, examples = _b3_before_collator(examples, cfg, dist, sampler)  # issue 21: cluster negatives
         collate = SupervisedCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed)
         fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
         task = InBatchTask(in_batch_loss(cfg, model))
@@ -119,6 +120,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         n = len(pairs)
     else:  # reranker: a cross-encoder over (query, positive, negatives) groups
         examples = supervised_examples(cfg)
+        sampler, examples = _b3_before_collator(examples, cfg, dist, sampler)  # issue 21: cluster negatives
         collate = RerankCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed,
                                  n_random=cfg.train_random_negatives)
         fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
@@ -190,15 +192,56 @@ def _fingerprint(parts) -> str:
     return h.hexdigest()[:16]
 
 
+def _b3_before_collator(examples, cfg: TrainConfig, dist: DistInfo | None, sampler):
+    """The B3 sampler, mined before the collator is built: with ``b3_cluster_negatives`` the examples' hard
+    negatives become positives of their cluster negatives (``ClusterNegativeExamples``)."""
+    if sampler is not None or cfg.batching != "b3":
+        return sampler, examples
+    sampler = b3_sampler(examples, cfg, dist or DistInfo())
+    if cfg.b3_cluster_negatives:
+        from .b3_authors import ClusterNegativeExamples
+
+        examples = ClusterNegativeExamples(examples, sampler.negatives, seed=cfg.seed)
+    return sampler, examples
+
+
+def b3_config(cfg: TrainConfig):
+    from .b3 import B3Config
+
+    return B3Config(p=cfg.b3_p, m=cfg.b3_m, cluster_size=cfg.b3_cluster_size, algorithm=cfg.b3_algorithm,
+                    seed=cfg.seed, mutual_edges=cfg.b3_mutual_edges, exact_k=cfg.b3_exact_k,
+                    cluster_negatives=cfg.b3_cluster_negatives, sibling_exclusion=cfg.b3_sibling_exclusion)
+
+
+def sibling_exclusion(examples) -> Callable[[int], np.ndarray]:
+    """``exclude(i)``: the examples whose query shares a judged positive with example i's query (its
+    siblings' examples, ``SiblingPositives.sharing_queries``). Memory: the judged pairs and a query -> examples
+    map (O(judged pairs + examples)); each row's set is built on demand."""
+    from ..false_negatives import SiblingPositives
+
+    rows_of: dict[str, list[int]] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for i, e in enumerate(examples):
+        rows_of.setdefault(e.query_id, []).append(i)
+        qrels.setdefault(e.query_id, {d: 1 for d in e.known_positives})
+    siblings = SiblingPositives(qrels)
+    qids = [e.query_id for e in examples]
+
+    def exclude(i: int) -> np.ndarray:
+        return np.asarray([r for q in siblings.sharing_queries(qids[i]) for r in rows_of[q]], np.int64)
+    return exclude
+
+
 def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
-    """Mine (or load from cache) B3 clusters with the teacher and log the mining report."""
+    """Mine (or load from cache) B3 clusters with the teacher and log the mining report. The sampler's
+    ``negatives`` holds the cluster negatives (example ids per example; empty unless b3_cluster_negatives)."""
     import os
 
-    from .b3 import (B3BatchSampler, B3Config, cached_clusters, data_fingerprint, in_batch_negative_similarity,
-                     mine_clusters, size_histogram)
+    from .b3 import (B3BatchSampler, cached_mining, data_fingerprint, in_batch_negative_similarity, mine_b3,
+                     size_histogram)
     from .distributed import barrier
 
-    b3 = B3Config(p=cfg.b3_p, m=cfg.b3_m, cluster_size=cfg.b3_cluster_size, algorithm=cfg.b3_algorithm, seed=cfg.seed)
+    b3 = b3_config(cfg)
     teacher = DualEncoder.from_pretrained(cfg.b3_teacher)
     queries = [e.query for e in examples]
     query_ids = [e.query_id for e in examples]  # pairs of one query are no negatives for each other
@@ -206,19 +249,23 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     positives = [[p.joined(sep) for p in e.positives] for e in examples]
     cache = cfg.b3_cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "retr", "b3")
     data_key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, ["\2".join(p) for p in positives])}
-    key = {**data_key, **b3.__dict__, "grouped_by_query": True}
+    settings = {k: v for k, v in b3.__dict__.items()  # issue 21 options only when set: earlier caches stay valid
+                if k not in ("mutual_edges", "exact_k", "cluster_negatives", "sibling_exclusion") or v}
+    key = {**data_key, **settings, "grouped_by_query": True}
     emb: dict[str, np.ndarray] = {}
 
     def compute():
         emb.update(_teacher_embeddings(teacher, queries, positives, cache, data_key))
-        return mine_clusters(emb["q"], emb["p"], b3, groups=query_ids)
+        exclude = sibling_exclusion(examples) if b3.sibling_exclusion else None
+        return mine_b3(emb["q"], emb["p"], b3, groups=query_ids, exclude=exclude)
 
     if dist.is_main:
-        clusters, stats = cached_clusters(cache, key, compute)
+        clusters, stats, negatives = cached_mining(cache, key, compute)
     barrier(dist)
     if not dist.is_main:
-        clusters, stats = cached_clusters(cache, key, compute)
-    sampler = B3BatchSampler(clusters, cfg.batch_size, seed=cfg.seed)
+        clusters, stats, negatives = cached_mining(cache, key, compute)
+    sampler = B3BatchSampler(clusters, cfg.batch_size, seed=cfg.seed, clusters_per_batch=cfg.b3_clusters_per_batch)
+    sampler.negatives = negatives
     report = {**stats, "size_histogram": size_histogram(clusters)}
     if emb:
         rand = RandomBatchSampler(len(examples), cfg.batch_size, seed=cfg.seed).batches(0)
