@@ -10,6 +10,7 @@ import typer
 from . import common
 from .encode_cmd import encode_command
 from .eval_cmd import eval_command
+from .export_cmd import export_command
 from .index_cmd import index_app
 from .init_model_cmd import init_model_command
 from .mine_cmd import mine_command
@@ -35,6 +36,8 @@ app.command("encode", help="Encode a corpus (or one shard of it; torchrun-aware)
             "`retr index --from-embeddings`.")(encode_command)
 app.command("mine", help="Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one).")(mine_command)
 app.command("train", help="Train a dual encoder (supervised / unsupervised Contriever) or a cross-encoder.")(train_command)
+app.command("export", help="Export a model as ONNX/OpenVINO (pooling and normalisation in the graph) or a "
+            "corpus's vectors as Parquet/JSONL, with a parity check against retr's own vectors.")(export_command)
 app.command("init-model", help="Write a random-init BERT that reuses an existing tokenizer.")(init_model_command)
 
 
