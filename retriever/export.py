@@ -111,10 +111,10 @@ def parity(ref_docs: np.ndarray, got_docs: np.ndarray, ref_queries: np.ndarray, 
         return num / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
     cos = np.concatenate([cosines(ref_docs, got_docs), cosines(ref_queries, got_queries)])
-    k = min(k, len(ref_docs))
-    top_ref = np.argsort(-(ref_queries @ ref_docs.T), axis=1, kind="stable")[:, :k]
-    top_got = np.argsort(-(got_queries @ got_docs.T), axis=1, kind="stable")[:, :k]
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref.tolist(), top_got.tolist())]
+    kk = min(k, len(ref_docs))  # fewer sample passages than k: the overlap of all of them
+    top_ref = np.argsort(-(ref_queries @ ref_docs.T), axis=1, kind="stable")[:, :kk]
+    top_got = np.argsort(-(got_queries @ got_docs.T), axis=1, kind="stable")[:, :kk]
+    overlap = [len(set(a) & set(b)) / kk for a, b in zip(top_ref.tolist(), top_got.tolist())]
     return {"cosine_min": round(float(cos.min()), 7), "cosine_mean": round(float(cos.mean()), 7),
             f"top{k}_overlap": round(float(np.mean(overlap)), 4), "passages": len(ref_docs),
             "queries": len(ref_queries), "reference": "retr torch fp32"}
