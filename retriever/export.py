@@ -6,7 +6,8 @@ Model export (``export_model``), directory layout::
 
     model.onnx                 [B, L] int64 input_ids, attention_mask -> [B, dim] float32 "embedding"
                                (pooling, --dim truncation and L2 normalisation are in the graph; int8 with
-                               --quantize int8)
+                               --quantize int8). --format onnx: BERT-like models get ONNX Runtime's fused
+                               operators (meta "ort_fused"; ONNX Runtime only); --format openvino: plain ONNX
     openvino_model.xml/.bin    --format openvino: the same graph in OpenVINO IR (fp32 weights)
     tokenizer files, retr_encoder.json, config_sentence_transformers.json (prompts), model.safetensors
                                the source encoder as ``Encoder.save`` writes it, so ``retr ... -m DIR --backend
@@ -40,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backends import ONNX_FILE, OPENVINO_FILE, export_onnx, file_digest, make_runner, quantize_int8
+from .backends import ONNX_FILE, OPENVINO_FILE, export_for_ort, export_onnx, file_digest, make_runner, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,11 @@ def export_model(encoder: Any, output: str | os.PathLike, config: ExportConfig, 
     docs, qs = samples(corpus, queries, config.parity_docs, config.parity_queries, tower.config.title_sep)
     with atomic_dir(output, kind="export") as tmp:
         tower.save(tmp)  # tokenizer, settings, prompts (and the weights: the graph's identity in retr)
-        graph = export_onnx(tower, tmp / ONNX_FILE)
+        graph, fused = tmp / ONNX_FILE, False
+        if config.fmt == "onnx":
+            fused = export_for_ort(tower, graph)
+        else:
+            export_onnx(tower, graph)  # a plain graph: OpenVINO reads standard ONNX operators only
         if config.quantize == "int8":
             quantize_int8(graph, tmp / "model_int8.onnx")
             os.replace(tmp / "model_int8.onnx", graph)
@@ -165,7 +170,7 @@ def export_model(encoder: Any, output: str | os.PathLike, config: ExportConfig, 
             tower.runner = saved
         check = parity(_torch_fp32(encoder, docs, False, config.batch_size), got_d,
                        _torch_fp32(encoder, qs, True, config.batch_size), got_q)
-        meta = {"made_by": "retr export", "format": config.fmt, "quantize": config.quantize,
+        meta = {"made_by": "retr export", "format": config.fmt, "quantize": config.quantize, "ort_fused": fused,
                 "precision": runner.precision if config.fmt == "openvino" else "f32",
                 "files": {f: file_digest(tmp / f) for f in files}, "inputs": ["input_ids", "attention_mask"],
                 "output": "embedding [batch, dim] float32", "encoder": encoder.describe(),

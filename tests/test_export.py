@@ -57,6 +57,10 @@ def test_onnx_export_runs_without_retr_and_matches_torch(model_dir, beir, tmp_pa
     assert code == 0, err
     meta = json.loads((out / "meta.json").read_text())
     assert meta["format"] == "onnx" and meta["quantize"] is None
+    import onnx
+
+    ops = {(n.domain, n.op_type) for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert meta["ort_fused"] is True and ("com.microsoft", "Attention") in ops  # ORT's fused BERT attention
     assert meta["parity"]["passages"] == 6 and meta["parity"]["queries"] == 3  # the sample options, by result
     assert meta["parity"]["cosine_min"] >= 0.9999 and meta["parity"]["top10_overlap"] == 1.0
     assert "cosine min" in stdout
@@ -202,13 +206,17 @@ def test_backend_on_encode_index_eval_search(model_dir, beir, tmp_path, capsys):
     code, _, err = run_cli(["export", "-m", model_dir, "-o", tmp_path / "exp"], capsys)
     assert code == 0, err
     runs = {}
-    for name, extra in (("torch", []), ("onnx", ["-m", tmp_path / "exp", "--backend", "onnx"])):
+    for name, extra in (("torch", []), ("onnx", ["-m", tmp_path / "exp", "--backend", "onnx"]),
+                        ("openvino", ["-m", tmp_path / "exp", "--backend", "openvino"])):  # fused graph: re-exported
         code, _, err = run_cli(["search", "-i", tmp_path / "idx", "--queries", beir, "-k", "3",
                                 "--output", tmp_path / f"{name}.json", *extra], capsys)
         assert code == 0, err
         runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
-    assert [[h["docid"] for h in runs["torch"][q]] for q, _ in QUERIES] == \
-        [[h["docid"] for h in runs["onnx"][q]] for q, _ in QUERIES]
+    for name in ("onnx", "openvino"):
+        assert [[h["docid"] for h in runs["torch"][q]] for q, _ in QUERIES] == \
+            [[h["docid"] for h in runs[name][q]] for q, _ in QUERIES]
+        scores = [h["score"] for q, _ in QUERIES for h in runs[name][q]]
+        assert scores == pytest.approx([h["score"] for q, _ in QUERIES for h in runs["torch"][q]], abs=1e-5)
     # retr eval --backend onnx: the same metrics as torch (the tiny corpus has no near ties)
     results = {}
     for backend in ("torch", "onnx"):
