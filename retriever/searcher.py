@@ -120,4 +120,7 @@ def describe_searcher(retriever: Any) -> dict[str, Any]:
         target["model"] = dense.encoder.name
         target["model_fingerprint"] = dense.encoder.fingerprint()
         target["rescore"] = dense.rescore
+        from .backends import backend_id  # issue 22: the engine that encodes the queries
+
+        target["backend"] = backend_id(getattr(dense.encoder.query_encoder, "runner", None)) or "torch"
     return info

@@ -158,7 +158,7 @@ def test_int8_and_openvino_exports(model_dir, beir, tmp_path, capsys):
 def test_vector_export_round_trip(model_dir, beir, tmp_path, capsys, fmt):
     out = tmp_path / fmt
     code, stdout, err = run_cli(["export", "-m", model_dir, "-o", out, "-d", beir, "--format", fmt,
-                                 "--include-text", "--block-size", "3"], capsys)
+                                 "--include-text", "--block-size", "3", "--batch-size", "2"], capsys)
     assert code == 0, err
     docs = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
     passages = [(d["title"] + " " + d["text"]).strip() if d["title"] else d["text"] for d in docs]
@@ -180,6 +180,7 @@ def test_vector_export_round_trip(model_dir, beir, tmp_path, capsys, fmt):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["count"] == len(docs) and meta["dim"] == 32 and meta["parity"]["cosine_min"] >= 0.9999
     assert meta["columns"] == ["id", "vector", "text"]
+    assert meta["encoding"]["batch_size"] == 2 and meta["encoding"]["block_size"] == 3 and "backend" not in meta["encoding"]
     # without --include-text there is no text; --backend onnx vectors carry the backend in the meta
     code, _, err = run_cli(["export", "-m", model_dir, "-o", tmp_path / "b", "-d", beir, "--format", fmt,
                             "--backend", "onnx"], capsys)
@@ -226,6 +227,39 @@ def test_backend_on_encode_index_eval_search(model_dir, beir, tmp_path, capsys):
         results[backend] = json.loads((tmp_path / f"{backend}.eval.json").read_text())
     assert results["onnx"]["metrics"] == pytest.approx(results["torch"]["metrics"], abs=1e-6)
     assert results["onnx"] != {}
+
+
+def test_serve_backend_onnx_answers_like_search(model_dir, beir, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from test_serve import REPO, _wait_health, free_port, http
+
+    code, _, err = run_cli(["index", "-m", model_dir, "-d", beir, "-o", tmp_path / "idx"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "-q", "aspirin heart", "-k", "4", "-o",
+                            tmp_path / "s.json"], capsys)
+    assert code == 0, err
+    expected = json.loads((tmp_path / "s.json").read_text())["q1"]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "retr.cli.main", "serve", "-i", str(tmp_path / "idx"), "--port",
+                             str(port), "-k", "4", "--backend", "onnx"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(url, proc)
+        status, info = http(f"{url}/info")
+        assert status == 200 and info["searcher"]["backend"].startswith("onnx:f32:")  # the runner is in use
+        status, got = http(f"{url}/search", {"query": "aspirin heart"})
+        assert status == 200 and [h["docid"] for h in got["hits"]] == [h["docid"] for h in expected]
+        assert [h["score"] for h in got["hits"]] == pytest.approx([h["score"] for h in expected], abs=1e-5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize("args,message", [
