@@ -147,6 +147,12 @@ def test_int8_and_openvino_exports(model_dir, beir, tmp_path, capsys):
     got = compiled({"input_ids": enc["input_ids"].astype(np.int64),
                     "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
     assert cosines(np.asarray(got), torch_vectors(model_dir, TEXTS)).min() >= 0.9999
+    from retr.retriever.modeling import DualEncoder
+
+    enc = DualEncoder.from_pretrained(ov)  # -m OV_EXPORT --backend openvino runs the saved IR
+    enc.set_backend("openvino")
+    assert enc.query_encoder.runner.path.name == "openvino_model.xml"
+    assert cosines(enc.encode_passages(TEXTS), torch_vectors(model_dir, TEXTS)).min() >= 0.9999
     # --precision bf16 applies to the openvino graph (its parity is measured with the bf16 hint)
     code, _, err = run_cli(["export", "-m", model_dir, "-o", tmp_path / "ovbf", "--format", "openvino",
                             "--precision", "bf16"], capsys)
