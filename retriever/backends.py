@@ -16,8 +16,10 @@ rounding (cosine >= 0.99999 to torch fp32: tests/test_export.py). OpenVINO's CPU
 CPUs is bf16, so retr sets f32 unless ``--precision bf16`` asks for it. An int8 graph (``quantize_int8``:
 ONNX Runtime dynamic quantisation, per-channel weights) is not exact; ``retr export`` reports its parity.
 
-OpenVINO runs a block's batches on ``streams`` parallel infer requests (``AsyncInferQueue``, one core each
-by default): on few cores this keeps every core busy on small GEMMs better than splitting one batch.
+OpenVINO runs a block's batches on ``streams`` parallel infer requests (``AsyncInferQueue``, THROUGHPUT hint,
+one stream per thread by default, so one core each): the set-up measured in RESULTS.md section 17. A lone
+batch (a served query batch) then runs on one stream, i.e. one core; one stream with all threads was not
+measured against it.
 
 Memory: the graph's weights (about the checkpoint's size; int8 about a quarter) besides the torch model,
 plus one batch of activations per stream.
