@@ -72,7 +72,8 @@ class PooledGraph(nn.Module):
 
 def export_onnx(encoder: Any, path: str | os.PathLike, opset: int = 17) -> Path:
     """Write ``encoder`` (a ``retr`` ``Encoder``, fp32 weights) as one ONNX graph at ``path``; weights above
-    1.5 GB go to external data files beside it. Raises ``ValueError`` for non-fp32 weights."""
+    1.5 GB go to external data files beside it. Raises ``ValueError`` for non-fp32 weights or a model the
+    exporter cannot trace (one line). Tested on BERT and on Qwen2 and Llama decoders (last-token pooling): tests/test_export.py."""
     if next(encoder.model.parameters()).dtype != torch.float32:
         raise ValueError("export needs fp32 weights (leave --torch-dtype unset)")
     path = Path(path)
@@ -91,6 +92,9 @@ def export_onnx(encoder: Any, path: str | os.PathLike, opset: int = 17) -> Path:
             torch.onnx.export(PooledGraph(encoder), (ids, mask), str(path), input_names=list(INPUTS),
                               output_names=[OUTPUT], dynamic_axes=axes, opset_version=opset, dynamo=False,
                               external_data=big, do_constant_folding=True)
+    except (RuntimeError, TypeError, NotImplementedError) as e:  # an architecture the exporter cannot trace
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot export {getattr(encoder, 'name', 'the model')} to ONNX: {first}") from e
     finally:
         encoder.train(was_training)
     return path

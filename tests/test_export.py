@@ -303,3 +303,22 @@ def test_serve_refuses_what_search_refuses(model_dir, beir, tmp_path, capsys):
             assert code == 2, (command, extra, err)
             lines.append(one_line_error(err).replace(f"retr {command[0]}:", "retr COMMAND:"))
         assert lines[0] == lines[1], (extra, lines)  # the same refusal, word for word
+
+
+def test_decoder_export_last_token_pooling(tiny_decoder_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "dec"
+    shutil.copytree(tiny_decoder_dir, model)
+    (model / "retr_encoder.json").write_text(json.dumps({"pooling": "last"}))  # EOS appended, last token pooled
+    code, _, err = run_cli(["export", "-m", model, "-o", tmp_path / "e"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "e" / "meta.json").read_text())
+    assert meta["encoder"]["pooling"] == "last" and meta["encoder"]["append_eos"] is True
+    assert meta["ort_fused"] is False and meta["parity"]["cosine_min"] >= 0.9999  # not BERT-like: plain graph
+    from retr.retriever.modeling import DualEncoder
+
+    enc = DualEncoder.from_pretrained(tmp_path / "e")
+    ref = enc.encode_passages(TEXTS, batch_size=2)
+    enc.set_backend("onnx")
+    assert cosines(enc.encode_passages(TEXTS, batch_size=2), ref).min() >= 0.9999
