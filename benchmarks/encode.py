@@ -1,16 +1,20 @@
-"""Encoding throughput: retr's `Encoder.encode` vs `SentenceTransformer.encode`, same model, max length, batch
-size and threads, in one process, alternating order (retr, ST, ST, retr, ...) to cancel drift.
+"""Encoding throughput: retr's `Encoder.encode` on each backend vs `SentenceTransformer.encode`, same model, max
+length, batch size and threads, in one process, alternating order round by round to cancel drift.
 
-    .venv/bin/python benchmarks/encode.py [--limit N] [--rounds 1] [--batch-size 32] [--bf16]
+    .venv/bin/python benchmarks/encode.py [--limit N] [--rounds 1] [--batch-size 32] [--bf16] [--backends]
 
-Prints docs/s for each and the ratio retr/ST. `--bf16` adds a row for retr with bf16 autocast on CPU
-(`--precision bf16`), with the max embedding difference it causes.
+Prints docs/s for each, the ratio to ST fp32, and the min cosine to retr torch fp32 (1.0 = same vectors).
+`--bf16` adds retr torch with bf16 autocast (`--precision bf16`). `--backends` (issue 22) adds ONNX Runtime fp32 (plain
+graph, and fused by ORT's transformer optimizer as `--backend onnx` runs it), OpenVINO fp32 (exact), OpenVINO
+bf16 hint and ONNX Runtime int8 (dynamic, per-channel, of the fused graph as `retr export --quantize int8`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +29,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--backends", action="store_true", help="add ONNX Runtime / OpenVINO rows (issue 22)")
+    ap.add_argument("--ov-streams", type=int, default=None, help="OpenVINO parallel infer requests (default: "
+                    "one per thread)")
     args = ap.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
+    from retr.retriever.backends import OnnxRunner, OpenVinoRunner, export_for_ort, export_onnx, quantize_int8
     from retr.retriever.data import load_corpus
     from retr.retriever.modeling import Encoder, packaged_minilm_path
 
@@ -36,38 +44,52 @@ def main() -> None:
     enc = Encoder.from_pretrained("minilm")
     st = SentenceTransformer(packaged_minilm_path(), device="cpu", trust_remote_code=False)
     assert st.max_seq_length == enc.config.passage_max_length == 256
-    enc.encode(texts[:64], batch_size=args.batch_size)  # warm-up both
-    st.encode(texts[:64], batch_size=args.batch_size)
-    times = {"retr": [], "st": []}
-    outs = {}
+    # name -> (runner or None = torch, torch precision)
+    setups: dict[str, tuple[object, str]] = {"retr torch fp32": (None, "fp32")}
+    if args.bf16:
+        setups["retr torch bf16 autocast"] = (None, "bf16")
+    tmp = Path(tempfile.mkdtemp(prefix="retr-bench-"))
+    if args.backends:
+        graph = export_onnx(enc, tmp / "model.onnx")
+        fused = tmp / "model_fused.onnx"
+        assert export_for_ort(enc, fused), "ORT fusion did not apply"
+        int8 = quantize_int8(fused, tmp / "model_int8.onnx")
+        setups["retr onnx fp32 plain graph (ORT)"] = (OnnxRunner(graph), "fp32")
+        setups["retr onnx fp32 fused (ORT, --backend onnx)"] = (OnnxRunner(fused), "fp32")
+        setups["retr openvino fp32"] = (OpenVinoRunner(graph, "f32", streams=args.ov_streams), "fp32")
+        setups["retr openvino bf16 hint"] = (OpenVinoRunner(graph, "bf16", streams=args.ov_streams), "fp32")
+        setups["retr onnx int8 (ORT, export --quantize int8)"] = (OnnxRunner(int8), "fp32")
+    names = ["sentence-transformers fp32", *setups]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    outs: dict[str, np.ndarray] = {}
 
-    def run(name):
+    def run(name: str, sample: list[str] | None = None) -> None:
+        data = texts if sample is None else sample
         t0 = time.perf_counter()
-        if name == "retr":
-            outs[name] = enc.encode(texts, batch_size=args.batch_size)
+        if name.startswith("sentence-transformers"):
+            out = st.encode(data, batch_size=args.batch_size, normalize_embeddings=True)
         else:
-            outs[name] = st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
-        times[name].append(time.perf_counter() - t0)
+            enc.runner, enc.precision = setups[name]
+            out = enc.encode(data, batch_size=args.batch_size)
+        if sample is None:
+            times[name].append(time.perf_counter() - t0)
+            outs[name] = out
 
+    for name in names:  # warm-up every engine (graph compilation, first allocations)
+        run(name, texts[:64])
     for r in range(args.rounds):
-        for name in (("retr", "st") if r % 2 == 0 else ("st", "retr")):
+        for name in (names if r % 2 == 0 else names[::-1]):
             run(name)
     n = len(texts)
-    rows = [("retr (fp32)", n / np.mean(times["retr"])), ("sentence-transformers (fp32)", n / np.mean(times["st"]))]
-    diff = float(np.abs(outs["retr"] - outs["st"]).max())
-    extra = ""
-    if args.bf16:
-        enc.precision = "bf16"
-        t0 = time.perf_counter()
-        bf = enc.encode(texts, batch_size=args.batch_size)
-        rows.append(("retr (bf16 autocast)", n / (time.perf_counter() - t0)))
-        extra = f"; bf16 max |diff| vs fp32 {np.abs(bf - outs['retr']).max():.2e}"
-    print(f"\n{n} SciFact docs, batch {args.batch_size}, {torch.get_num_threads()} threads, rounds {args.rounds}; "
-          f"max |retr - ST| {diff:.1e}{extra}")
-    print("| encoder | docs/s | ratio vs ST |")
-    print("|---|---|---|")
-    for name, dps in rows:
-        print(f"| {name} | {dps:.1f} | {dps / rows[1][1]:.2f}x |")
+    ref = outs["retr torch fp32"]
+    st_dps = n / np.mean(times["sentence-transformers fp32"])
+    print(f"\n{n} SciFact docs, batch {args.batch_size}, {torch.get_num_threads()} threads, rounds {args.rounds}")
+    print("| encoder | docs/s | ratio vs ST fp32 | min cosine to retr torch fp32 |")
+    print("|---|---|---|---|")
+    for name in names:
+        dps = n / np.mean(times[name])
+        cos = float((outs[name] * ref).sum(1).min())
+        print(f"| {name} | {dps:.1f} | {dps / st_dps:.2f}x | {cos:.6f} |")
 
 
 if __name__ == "__main__":

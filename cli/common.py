@@ -207,3 +207,29 @@ def console():
     from rich.console import Console
 
     return Console()
+
+
+# issue 22: --backend (retr encode/index/eval/search/serve) and the pre-checks shared by `retr search` and `retr serve`
+Backend = Annotated[Literal["torch", "onnx", "openvino"], typer.Option("--backend", help="Inference engine: torch "
+                    "(the model), onnx (ONNX Runtime) or openvino; fp32 is exact on each (cosine >= 0.99999). Uses "
+                    "the graph of a `retr export` directory given as --model, else exports the model first (seconds). "
+                    "openvino also runs --precision bf16; onnx is fp32 only.")]
+
+
+def check_search_options(ctx: typer.Context, index: Sequence[Path], rerank: Optional[str],
+                         corpus: Optional[Path]) -> None:
+    """Refuse, in one line and before anything is loaded, what `retr search` and `retr serve` cannot use:
+    --rerank without --corpus, reranker options without --rerank, dense-only options (model, encoder, FAISS
+    knobs; --precision too unless a reranker uses it) to a BM25 index, BM25 options to dense indexes."""
+    from retr.retriever.searcher import is_bm25_index
+
+    if rerank and corpus is None:
+        raise typer.BadParameter("--rerank needs --corpus (the passages' text)")
+    if not rerank:
+        reject_given(ctx, ("rerank_top_k", "rerank_alpha", "corpus"), "without --rerank")
+    kinds = {is_bm25_index(i) for i in index}
+    if kinds == {True}:  # BM25 only
+        dense_only = ("model", "rescore", "mmap", "ef_search", "nprobe", "batch_size", "torch_dtype", "backend")
+        reject_given(ctx, dense_only if rerank else (*dense_only, "precision"), "to a BM25 index")
+    if kinds == {False}:
+        reject_given(ctx, ("k1", "b"), "to a dense index")

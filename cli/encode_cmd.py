@@ -32,6 +32,7 @@ def encode_command(
     dim: common.Dim = None,
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
+    backend: common.Backend = "torch",  # issue 22: ONNX Runtime / OpenVINO encoding
 ) -> None:
     """Encode a corpus shard into embeddings (numpy + ids, atomically; resumable)."""
     common.setup_logging(verbose)
@@ -52,6 +53,7 @@ def encode_command(
     encoder = DualEncoder.from_pretrained(model, **common.encoder_overrides(
         pooling, normalize, None, passage_prefix, None, passage_max_length, dim, torch_dtype=torch_dtype))
     encoder.set_precision(precision)
+    encoder.set_backend(backend, precision)
     if "LOCAL_RANK" in os.environ:
         import torch
 

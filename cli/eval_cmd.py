@@ -61,6 +61,7 @@ def eval_command(
     task: common.Task = None,
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
+    backend: common.Backend = "torch",  # issue 22: ONNX Runtime / OpenVINO encoding
 ) -> None:
     common.setup_logging(verbose)
     leaderboard = suite is not None or len(data) > 1 or not (data[0] / "corpus.jsonl").exists()
@@ -99,7 +100,7 @@ def eval_command(
     retriever = build_retriever(retriever_kind, dataset.corpus, model=model, index_dir=index, bm25_index=bm25_index,
                                 fusion=fusion, alpha=alpha, rrf_k=rrf_k, k1=k1, b=b, rerank=rerank,
                                 rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha, batch_size=batch_size,
-                                precision=precision, **overrides)
+                                precision=precision, backend=backend, **overrides)
     tag = Path(str(retriever.name)).name.replace(" ", "_") or "retr"
     result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads,
                       run_path=run, run_tag=tag, keep_run=False)
@@ -111,7 +112,7 @@ def eval_command(
         log.info("wrote %s", output)
 
 
-ENCODING_OPTIONS = ("model", "batch_size", *common.ENCODER_OPTIONS)
+ENCODING_OPTIONS = ("model", "batch_size", *common.ENCODER_OPTIONS, "backend")
 BM25_OPTIONS = ("k1", "b")
 HYBRID_OPTIONS = ("fusion", "alpha", "rrf_k")
 
@@ -120,7 +121,7 @@ def _reject_unused(ctx: typer.Context, leaderboard: bool, suite: bool, kind: str
     """Refuse options that would do nothing with this retriever or run (one line, before any work)."""
     if leaderboard:  # each set-up of the run brings its own retriever settings; results go to --output-dir
         single_only = ("index", "bm25_index", "output", "run", "batch_size", "precision", "allow_missing_docs",
-                       "ignore_identical_ids", *common.ENCODER_OPTIONS)
+                       "ignore_identical_ids", *common.ENCODER_OPTIONS, "backend")
         per_setup = ("model", "retriever_kind", "rerank", *BM25_OPTIONS, *HYBRID_OPTIONS, "rerank_top_k", "rerank_alpha")
         common.reject_given(ctx, single_only, "to a leaderboard run (--suite or several datasets)")
         if suite:

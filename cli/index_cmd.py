@@ -64,6 +64,7 @@ def index_command(
     task: common.Task = None,
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
+    backend: common.Backend = "torch",  # issue 22: ONNX Runtime / OpenVINO encoding
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -108,11 +109,12 @@ def index_command(
         from retr.retriever.search import add_documents
 
         added = add_documents(output, corpus, model=model, batch_size=batch_size, block_size=block_size,
-                              precision=precision, **overrides)
+                              precision=precision, backend=backend, **overrides)
         common.console().print(f"[green]appended[/green] {added} new documents to {output}")
         return
     encoder = DualEncoder.from_pretrained(model, **overrides)
     encoder.set_precision(precision)
+    encoder.set_backend(backend, precision)
     retriever = DenseRetriever.build(encoder, corpus, output, spec=spec, batch_size=batch_size, block_size=block_size)
     meta = retriever.index.meta
     common.console().print(f"[green]wrote[/green] {output}: {meta['factory']} index of {meta['count']} docs, dim {meta['dim']}")
@@ -120,7 +122,7 @@ def index_command(
 
 SPEC_OPTIONS = ("index_type", "metric", "hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits",
                 "train_sample", "store_vectors")
-ENCODING_OPTIONS = ("model", "batch_size", "block_size", "precision", *common.ENCODER_OPTIONS)
+ENCODING_OPTIONS = ("model", "batch_size", "block_size", "precision", *common.ENCODER_OPTIONS, "backend")
 
 
 def _reject_unused(ctx: typer.Context, spec, bm25: bool, from_embeddings: bool, append: bool) -> None:

@@ -10,6 +10,7 @@ import typer
 from . import common
 from .encode_cmd import encode_command
 from .eval_cmd import eval_command
+from .export_cmd import export_command
 from .index_cmd import index_app
 from .init_model_cmd import init_model_command
 from .mine_cmd import mine_command
@@ -38,6 +39,8 @@ app.command("mine", help="Mine hard negatives with a BM25 or dense teacher (rank
 app.command("train", help="Train a dual encoder (supervised / unsupervised Contriever) or a cross-encoder.")(train_command)
 app.command("score", help="Teacher scores (cross-encoder, dense, BM25 or fusion) for every candidate of a "
             "Tevatron JSONL, for `retr train --distill`.")(score_command)  # issue 20
+app.command("export", help="Export a model as ONNX/OpenVINO (pooling and normalisation in the graph) or a "
+            "corpus's vectors as Parquet/JSONL, with a parity check against retr's own vectors.")(export_command)
 app.command("init-model", help="Write a random-init BERT that reuses an existing tokenizer.")(init_model_command)
 
 

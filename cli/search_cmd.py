@@ -43,6 +43,7 @@ def search_command(
     batch_size: common.BatchSize = 64,
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
+    backend: common.Backend = "torch",  # issue 22: ONNX Runtime / OpenVINO query encoding
 ) -> None:
     common.setup_logging(verbose)
     common.check_outputs(files={"--run": run, "--output": output})
@@ -53,18 +54,7 @@ def search_command(
 
     if not query and queries is None:
         raise typer.BadParameter("give --query TEXT or --queries FILE")
-    if rerank and corpus is None:
-        raise typer.BadParameter("--rerank needs --corpus (the passages' text)")
-    if not rerank:
-        common.reject_given(ctx, ("rerank_top_k", "rerank_alpha", "corpus"), "without --rerank")
-    from retr.retriever.searcher import is_bm25_index
-
-    kinds = {is_bm25_index(i) for i in index}
-    if kinds == {True}:  # BM25 only
-        dense_only = ("model", "rescore", "mmap", "ef_search", "nprobe", "batch_size")
-        common.reject_given(ctx, dense_only if rerank else (*dense_only, "precision"), "to a BM25 index")
-    if kinds == {False}:
-        common.reject_given(ctx, ("k1", "b"), "to a dense index")
+    common.check_search_options(ctx, index, rerank, corpus)
     qmap = {f"q{i + 1}": q for i, q in enumerate(query or [])}
     if queries is not None:
         qmap.update(read_queries(queries))
@@ -72,7 +62,7 @@ def search_command(
         index=index, model=model, mmap=mmap, ef_search=ef_search, nprobe=nprobe, rescore=rescore, k1=k1, b=b,
         fusion=fusion, alpha=alpha, rrf_k=rrf_k, rerank=rerank, rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha,
         corpus=corpus, precision=precision, batch_size=batch_size,
-        encoder_overrides=common.encoder_overrides(torch_dtype=torch_dtype))).batch_search
+        encoder_overrides=common.encoder_overrides(torch_dtype=torch_dtype), backend=backend)).batch_search
     qids = list(qmap)
     shown: dict = {}
     with contextlib.ExitStack() as stack:  # run and JSON written block by block, renamed into place at the end

@@ -9,6 +9,7 @@ from . import common
 
 
 def serve_command(
+    ctx: typer.Context,
     index: common.Index,
     model: common.OptModel = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind (default: this machine only; 0.0.0.0 "
@@ -47,8 +48,10 @@ def serve_command(
     threads: common.Threads = 0,
     batch_size: common.BatchSize = 64,
     verbose: common.Verbose = False,
+    backend: common.Backend = "torch",  # issue 22: ONNX Runtime / OpenVINO query encoding
 ) -> None:
     common.setup_logging(verbose)
+    common.check_search_options(ctx, index, rerank, corpus)  # what `retr search` refuses, refused alike
     from retr.indexing.versions import retr_version
     from retr.retriever.searcher import SearchSetup, describe_searcher, open_searcher
     from retr.retriever.serving import ServeConfig, bind, create_app, run_server
@@ -62,8 +65,8 @@ def serve_command(
     searcher = open_searcher(SearchSetup(
         index=index, model=model, mmap=mmap, ef_search=ef_search, nprobe=nprobe, rescore=rescore, k1=k1, b=b,
         fusion=fusion, alpha=alpha, rrf_k=rrf_k, rerank=rerank, rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha,
-        corpus=corpus, precision=precision, batch_size=batch_size, show_progress=False))
-    config.info = {"retr_version": retr_version(), "index_dirs": [str(i) for i in index], "precision": precision,
+        corpus=corpus, precision=precision, batch_size=batch_size, show_progress=False, backend=backend))
+    config.info = {"retr_version": retr_version(), "index_dirs": [str(i) for i in index], "precision": precision, "backend": backend,
                    "searcher": describe_searcher(searcher)}
     stopped_by = run_server(create_app(searcher, config), sock, log_level="debug" if verbose else "info")
     if stopped_by is not None:

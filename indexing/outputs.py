@@ -15,9 +15,10 @@ from pathlib import Path
 
 from .errors import OutputError, describe_errno
 
-KINDS = ("index", "checkpoint", "model", "shard", "run")
+KINDS = ("index", "checkpoint", "model", "shard", "run", "export")
 _NAMES = {"index": "a retr index", "checkpoint": "a retr checkpoint", "model": "a model directory written by retr",
-          "shard": "a retr embedding shard", "run": "a retr training run", None: "a retr artifact"}
+          "shard": "a retr embedding shard", "run": "a retr training run",
+          "export": "a retr export", None: "a retr artifact"}
 MODEL_MARKERS = ("retr_encoder.json", "retr_cross_encoder.json", "retr_dual_encoder.json")
 
 
@@ -44,6 +45,7 @@ def is_artifact(path: str | os.PathLike, kind: str | None = None) -> bool:
         "shard": lambda: has("embeddings.npy") or (has("docids.json") and has("meta.json")),
         "run": lambda: has("train_config.json") or has("checkpoints") or has("train_log.jsonl")
                        or _meta(p).get("made_by") == "retr train",
+        "export": lambda: _meta(p).get("made_by") == "retr export",  # issue 22: retr export
     }
     kinds = [kind] if kind else list(KINDS)
     return any(checks[k]() for k in kinds)

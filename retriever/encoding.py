@@ -46,10 +46,16 @@ class EncodeStats:
 def encoding_key(encoder: DualEncoder, corpus: Corpus, start: int, end: int, block_size: int,
                  batch_size: int) -> dict[str, Any]:
     """Everything that decides the vectors of a run; a work dir with another key is started over."""
+    from .backends import backend_id
+
     tower = encoder.passage_tower
-    return {"passage_fingerprint": tower.fingerprint(side="passage"), "corpus": corpus.fingerprint, "start": start, "end": end,
-            "block_size": block_size, "batch_size": batch_size, "precision": tower.precision,
-            "device": str(tower.device)}
+    key = {"passage_fingerprint": tower.fingerprint(side="passage"), "corpus": corpus.fingerprint, "start": start, "end": end,
+           "block_size": block_size, "batch_size": batch_size, "precision": tower.precision,
+           "device": str(tower.device)}
+    backend = backend_id(getattr(tower, "runner", None))
+    if backend is not None:  # issue 22: ONNX Runtime / OpenVINO vectors are not torch's (torch keys unchanged)
+        key["backend"] = backend
+    return key
 
 
 def encode_corpus(encoder: DualEncoder, corpus: Corpus, work_dir: str | os.PathLike, start: int = 0,

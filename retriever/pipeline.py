@@ -18,12 +18,14 @@ log = logging.getLogger(__name__)
 
 def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
                         index_dir: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "auto",
-                        **encoder_overrides: Any) -> DenseRetriever:
+                        backend: str = "torch", **encoder_overrides: Any) -> DenseRetriever:
     """Open ``index_dir`` when it exists (checking it indexes ``corpus``), else encode and index the corpus.
-    ``precision`` is the inference autocast (auto = fp16 on CUDA, fp32 on CPU; bf16 is faster on recent CPUs)."""
+    ``precision`` is the inference autocast (auto = fp16 on CUDA, fp32 on CPU; bf16 is faster on recent CPUs);
+    ``backend`` torch | onnx | openvino (``DualEncoder.set_backend``)."""
     if index_dir is not None and (Path(index_dir) / "meta.json").exists():
         retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
         retriever.encoder.set_precision(precision)
+        retriever.encoder.set_backend(backend, precision)
         check_built_from(retriever.index.meta, corpus.fingerprint, index_dir)
         log.info("reusing index %s", index_dir)
         return retriever
@@ -31,6 +33,7 @@ def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
         raise ValueError("--model is required when no existing --index is given")
     encoder = model if isinstance(model, DualEncoder) else DualEncoder.from_pretrained(model, **encoder_overrides)
     encoder.set_precision(precision)
+    encoder.set_backend(backend, precision)
     return DenseRetriever.build(encoder, corpus, index_dir=index_dir, batch_size=batch_size)
 
 
@@ -50,11 +53,12 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
                     index_dir: str | os.PathLike | None = None, bm25_index: str | os.PathLike | None = None,
                     fusion: str = "rrf", alpha: float = 0.5, rrf_k: int = 60, k1: float = 0.9, b: float = 0.4,
                     rerank: str | None = None, rerank_top_k: int = 100, rerank_batch_size: int = 32,
-                    rerank_alpha: float | None = None, batch_size: int = 64, precision: str = "auto", **encoder_overrides: Any):
+                    rerank_alpha: float | None = None, batch_size: int = 64, precision: str = "auto",
+                    backend: str = "torch", **encoder_overrides: Any):
     """``dense`` | ``bm25`` | ``hybrid`` first stage over ``corpus``, optionally followed by a cross-encoder."""
     if kind == "dense":
         retriever = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
-                                        precision=precision, **encoder_overrides)
+                                        precision=precision, backend=backend, **encoder_overrides)
     elif kind in ("bm25", "hybrid"):
         from .bm25 import BM25Retriever
 
@@ -65,7 +69,7 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
             from .hybrid import HybridRetriever
 
             dense = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
-                                        precision=precision, **encoder_overrides)
+                                        precision=precision, backend=backend, **encoder_overrides)
             retriever = HybridRetriever(sparse, dense, method=fusion, alpha=alpha, rrf_k=rrf_k)
     else:
         raise ValueError(f"unknown retriever {kind!r} (use dense, bm25 or hybrid)")

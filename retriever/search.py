@@ -136,7 +136,12 @@ def encoder_identity(encoder: DualEncoder) -> dict[str, Any]:
 def index_meta(encoder: DualEncoder, corpus: Corpus, encode_seconds: float | None = None) -> dict[str, Any]:
     from retr.indexing.versions import retr_version
 
+    from .backends import backend_id
+
     enc = encoder_identity(encoder)
+    backend = backend_id(getattr(encoder.passage_tower, "runner", None))
+    if backend is not None:  # issue 22: informational (not compared when the index is opened)
+        enc["backend"] = backend
     name = encoder.name
     if Path(name).is_dir():
         enc["model_path"] = str(Path(name).resolve())
@@ -150,10 +155,11 @@ def index_meta(encoder: DualEncoder, corpus: Corpus, encode_seconds: float | Non
 
 def add_documents(index_dir: str | os.PathLike, corpus: Corpus, model: str | DualEncoder | None = None,
                   batch_size: int = 64, block_size: int = DEFAULT_BLOCK, precision: str = "auto",
-                  **encoder_overrides: Any) -> int:
+                  backend: str = "torch", **encoder_overrides: Any) -> int:
     """Encode only the documents of ``corpus`` that the index lacks, append them, save atomically."""
     retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
     retriever.encoder.set_precision(precision)
+    retriever.encoder.set_backend(backend, precision)
     known = set(retriever.index.docids)
     new = [d for d in corpus.ids if d not in known]
     if new:

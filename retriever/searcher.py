@@ -37,6 +37,7 @@ class SearchSetup:
     batch_size: int = 64
     show_progress: bool = True
     encoder_overrides: dict[str, Any] = field(default_factory=dict)
+    backend: str = "torch"  # issue 22: torch | onnx | openvino (query encoding; retriever/backends.py)
 
 
 def is_bm25_index(path: str | os.PathLike) -> bool:
@@ -75,6 +76,7 @@ def open_searcher(setup: SearchSetup) -> Any:
         if setup.rescore and dense.index.vectors is None:
             raise ValueError(f"{dense_dirs[0]}: --rescore needs stored vectors; rebuild the index with --store-vectors")
         dense.encoder.set_precision(setup.precision)
+        dense.encoder.set_backend(setup.backend, setup.precision)
         dense.rescore = setup.rescore
     if sparse is not None and dense is not None:
         from .hybrid import HybridRetriever
@@ -118,4 +120,7 @@ def describe_searcher(retriever: Any) -> dict[str, Any]:
         target["model"] = dense.encoder.name
         target["model_fingerprint"] = dense.encoder.fingerprint()
         target["rescore"] = dense.rescore
+        from .backends import backend_id  # issue 22: the engine that encodes the queries
+
+        target["backend"] = backend_id(getattr(dense.encoder.query_encoder, "runner", None)) or "torch"
     return info

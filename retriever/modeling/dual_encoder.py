@@ -88,6 +88,15 @@ class DualEncoder(nn.Module):
         self.query_encoder.precision = precision
         self.passage_tower.precision = precision
 
+    def set_backend(self, backend: str, precision: str = "auto", threads: int | None = None) -> None:
+        """Run inference on ``torch`` (the model), ``onnx`` (ONNX Runtime) or ``openvino`` (issue 22,
+        ``retr.retriever.backends``): an export found in the model directory is used, else the tower is exported
+        now. ``ValueError`` for a backend or precision that cannot run."""
+        from ..backends import make_runner
+
+        for tower in [self.query_encoder] if self.shared else [self.query_encoder, self.passage_encoder]:
+            tower.runner = make_runner(backend, tower, precision, tower.source_dir, threads)
+
     def forward_queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.query_encoder(**batch)
 

@@ -147,6 +147,8 @@ class Encoder(nn.Module):
 
         self._takes_position_ids = "position_ids" in inspect.signature(base_hf_model(model).forward).parameters
         self.precision = "auto"  # inference autocast: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+        self.runner: Any = None  # issue 22: an ONNX Runtime / OpenVINO runner (retriever/backends.py); None = torch
+        self.source_dir: Path | None = None  # the directory it was loaded from (an export's graph is found there)
         positions = position_limit(model, tokenizer)
         default = min(positions, 512)
         for side in ("query_max_length", "passage_max_length"):
@@ -199,7 +201,9 @@ class Encoder(nn.Module):
         tokenizer = hf_load(AutoTokenizer.from_pretrained, path, "tokenizer")
         model = hf_load(AutoModel.from_pretrained, path, "model", **_dtype_kwargs(dtype))
         model.eval()
-        return cls(model, tokenizer, config, name=str(name_or_path))
+        encoder = cls(model, tokenizer, config, name=str(name_or_path))
+        encoder.source_dir = Path(path) if Path(path).is_dir() else None
+        return encoder
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write an HF model directory that AutoModel, SentenceTransformer and retr all load."""
@@ -326,19 +330,30 @@ class Encoder(nn.Module):
                 ids = self.tokenizer(block, truncation=True, max_length=max_len, padding=False,
                                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
                 order = np.argsort([-len(x) for x in ids], kind="stable")
-                for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
-                    width = len(ids[rows[0]])
-                    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-                    mask = np.zeros((len(rows), width), dtype=np.int64)
-                    for j, r in enumerate(rows):
-                        seq = ids[r]
-                        input_ids[j, : len(seq)] = seq
-                        mask[j, : len(seq)] = 1
+                batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+                if self.runner is not None:  # --backend onnx/openvino: all batches of the block at once
+                    for rows, emb in zip(batches, self.runner.run_many([_pad(ids, r, pad_id) for r in batches])):
+                        out[block_start + rows] = emb
+                    advance(len(order))
+                    continue
+                for rows in batches:
+                    input_ids, mask = _pad(ids, rows, pad_id)
                     emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
                     out[block_start + rows] = emb.float().cpu().numpy()
                     advance(len(rows))
         return out
+
+
+def _pad(ids: Sequence[Sequence[int]], rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded [len(rows), longest] int64 ids and attention mask of token lists ``ids[rows]``."""
+    width = max(len(ids[r]) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, r in enumerate(rows):
+        seq = ids[r]
+        input_ids[j, : len(seq)] = seq
+        mask[j, : len(seq)] = 1
+    return input_ids, mask
 
 
 def _dtype_kwargs(dtype: "torch.dtype | str | None") -> dict[str, Any]:

@@ -1,0 +1,273 @@
+"""Inference backends for an ``Encoder``: ``torch`` (the model itself), ``onnx`` (ONNX Runtime) and
+``openvino`` (OpenVINO), chosen per run with ``--backend``.
+
+The ONNX graph holds the whole forward of ``Encoder``: transformer, pooling (mean / cls / last), Matryoshka
+truncation and L2 normalisation, so ``[B, L] input_ids, attention_mask (int64) -> [B, dim] float32``; the
+tokenizer and the prompts stay in Python (the same ``Encoder.encode`` loop: prefix, truncate, length-sorted
+batches), so every backend sees the same tokens. It is exported with ``torch.onnx.export`` (the TorchScript
+exporter with dynamic batch and sequence axes: the dynamo exporter fails on transformers 5's BERT masks).
+For ONNX Runtime, BERT-like graphs are then fused by ONNX Runtime's own transformer optimizer
+(``export_for_ort``: fused attention, layer norms, GELU), the library's fast path, rather than hand-written kernels.
+OpenVINO reads that same ONNX file (``openvino.Core.read_model``; no optimum-intel, which downgrades
+transformers) or a saved ``openvino_model.xml``.
+
+Exactness: ONNX Runtime fp32 and OpenVINO with ``INFERENCE_PRECISION_HINT=f32`` are exact up to float
+rounding (cosine >= 0.99999 to torch fp32: tests/test_export.py). OpenVINO's CPU default on AMX/AVX512-BF16
+CPUs is bf16, so retr sets f32 unless ``--precision bf16`` asks for it. An int8 graph (``quantize_int8``:
+ONNX Runtime dynamic quantisation, per-channel weights) is not exact; ``retr export`` reports its parity.
+
+OpenVINO runs a block's batches on ``streams`` parallel infer requests (``AsyncInferQueue``, THROUGHPUT hint,
+one stream per thread by default, so one core each): the set-up measured in RESULTS.md section 17. A lone
+batch (a served query batch) then runs on one stream, i.e. one core; one stream with all threads was not
+measured against it.
+
+Memory: the graph's weights (about the checkpoint's size; int8 about a quarter) besides the torch model,
+plus one batch of activations per stream.
+References: ONNX Runtime (onnxruntime.ai), OpenVINO (docs.openvino.ai), torch.onnx.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "openvino")
+ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "openvino_model.xml"
+INPUTS = ("input_ids", "attention_mask")
+OUTPUT = "embedding"
+
+
+class PooledGraph(nn.Module):
+    """What is exported: ``Encoder``'s forward without the left-padding position ids (``encode`` pads right),
+    [B, L] int64 ids and mask -> [B, dim] float32 embeddings (pooled, truncated, normalised)."""
+
+    def __init__(self, encoder: Any):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from .modeling.encoder import pool
+
+        cfg = self.encoder.config
+        hidden = self.encoder.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        emb = pool(hidden.float(), attention_mask, cfg.pooling)
+        if cfg.truncate_dim is not None:
+            emb = emb[:, : cfg.truncate_dim]
+        if cfg.normalize:
+            emb = nn.functional.normalize(emb, p=2, dim=-1)
+        return emb
+
+
+def export_onnx(encoder: Any, path: str | os.PathLike, opset: int = 17) -> Path:
+    """Write ``encoder`` (a ``retr`` ``Encoder``, fp32 weights) as one ONNX graph at ``path``; weights above
+    1.5 GB go to external data files beside it. Raises ``ValueError`` for non-fp32 weights or a model the
+    exporter cannot trace (one line). Tested on BERT and on Qwen2 and Llama decoders (last-token pooling): tests/test_export.py."""
+    if next(encoder.model.parameters()).dtype != torch.float32:
+        raise ValueError("export needs fp32 weights (leave --torch-dtype unset)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = torch.full((2, 8), int(encoder.tokenizer.unk_token_id or 1), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    big = sum(p.numel() * p.element_size() for p in encoder.model.parameters()) > 1.5e9
+    was_training = encoder.training
+    encoder.eval()
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            OUTPUT: {0: "batch"}}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(PooledGraph(encoder), (ids, mask), str(path), input_names=list(INPUTS),
+                              output_names=[OUTPUT], dynamic_axes=axes, opset_version=opset, dynamo=False,
+                              external_data=big, do_constant_folding=True)
+    except (RuntimeError, TypeError, NotImplementedError) as e:  # an architecture the exporter cannot trace
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot export {getattr(encoder, 'name', 'the model')} to ONNX: {first}") from e
+    finally:
+        encoder.train(was_training)
+    return path
+
+
+FUSABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")  # BERT-like: ORT's "bert" fusions apply
+
+
+def export_for_ort(encoder: Any, path: str | os.PathLike) -> bool:
+    """Write the graph ONNX Runtime runs fastest at ``path``: for BERT-like models (``FUSABLE``) the model is
+    exported with eager attention and ``onnxruntime.transformers.optimizer`` fuses it (Attention,
+    EmbedLayerNormalization, SkipLayerNormalization, BiasGelu: com.microsoft operators, so ONNX Runtime only;
+    still exact, cosine >= 0.99999). Other models, or when no attention fuses, get the plain graph. Returns
+    whether the graph is fused."""
+    path = Path(path)
+    cfg = encoder.model.config
+    if getattr(cfg, "model_type", "") not in FUSABLE or not hasattr(encoder.model, "set_attn_implementation"):
+        export_onnx(encoder, path)
+        return False
+    previous = getattr(cfg, "_attn_implementation", None) or "sdpa"
+    plain = path.with_name(path.stem + ".plain.onnx")
+    try:
+        encoder.model.set_attn_implementation("eager")  # the attention pattern ORT's fusion recognises
+        export_onnx(encoder, plain)
+    finally:
+        encoder.model.set_attn_implementation(previous)
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+        fused = optimize_model(str(plain), model_type="bert", num_heads=int(cfg.num_attention_heads),
+                               hidden_size=int(cfg.hidden_size), opt_level=1)
+    if not fused.get_fused_operator_statistics().get("Attention"):
+        os.replace(plain, path)
+        return False
+    fused.save_model_to_file(str(path))
+    plain.unlink()
+    return True
+
+
+def has_ort_ops(path: str | os.PathLike) -> bool:
+    """Whether an ONNX file uses ONNX Runtime's own (com.microsoft) operators, which OpenVINO cannot read."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.domain == "com.microsoft" for node in graph.node)
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """ONNX Runtime dynamic int8 quantisation of ``src`` (per-channel weights, activations quantised per
+    batch at run time) written to ``dst``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # DefaultTensorType: shape inference cannot type the outputs of ORT's fused operators (float32 here)
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return Path(dst)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (first 16 hex) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _threads(threads: int | None) -> int:
+    return int(threads) if threads else torch.get_num_threads()
+
+
+class OnnxRunner:
+    """ONNX Runtime session (all graph optimisations, ``threads`` intra-op threads, default torch's)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = _threads(threads)
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path, self.digest = Path(path), file_digest(path)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """[B, L] int64 arrays -> [B, dim] float32."""
+        return self.session.run([OUTPUT], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+    def run_many(self, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return [self(i, m) for i, m in batches]
+
+
+class OpenVinoRunner:
+    """OpenVINO CPU model compiled from an ONNX file or an ``openvino_model.xml``; ``precision`` f32 (exact),
+    bf16 or f16 is the inference precision hint; ``streams`` infer requests run batches in parallel."""
+
+    kind = "openvino"
+
+    def __init__(self, path: str | os.PathLike, precision: str = "f32", threads: int | None = None,
+                 streams: int | None = None):
+        import openvino as ov
+
+        threads = _threads(threads)
+        self.streams = int(streams or threads)
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
+                  "NUM_STREAMS": self.streams, "PERFORMANCE_HINT": "THROUGHPUT"}
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.path, self.digest, self.precision = Path(path), file_digest(path), precision
+        self._queue = ov.AsyncInferQueue(self.compiled, self.streams)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.run_many([(input_ids, attention_mask)])[0]
+
+    def run_many(self, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Every batch on the next free infer request; results in input order."""
+        out: list[Any] = [None] * len(batches)
+
+        def done(request: Any, i: int) -> None:
+            out[i] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+        self._queue.set_callback(done)
+        for i, (ids, mask) in enumerate(batches):
+            self._queue.start_async({"input_ids": ids, "attention_mask": mask}, userdata=i)
+        self._queue.wait_all()
+        return out
+
+
+def make_runner(backend: str, encoder: Any, precision: str = "auto", model_dir: str | os.PathLike | None = None,
+                threads: int | None = None) -> Any:
+    """The runner of ``backend`` for ``encoder``: from the export in ``model_dir`` (``retr export``: ``model.onnx``,
+    ``openvino_model.xml``) when there is one, else exported now into a temp dir that is removed once loaded.
+    ``None`` for ``torch``. ``ValueError`` for an unknown backend or a precision it cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        return None
+    if precision in ("auto", "fp32"):
+        hint = "f32"
+    elif backend == "openvino":
+        hint = {"bf16": "bf16", "fp16": "f16"}[precision]
+    else:
+        raise ValueError(f"--precision {precision} does not apply to --backend onnx (fp32 only; an int8 graph "
+                         "comes from `retr export --quantize int8`)")
+    model_dir = Path(model_dir) if model_dir else None
+    if model_dir is not None and backend == "openvino" and (model_dir / OPENVINO_FILE).exists():
+        return OpenVinoRunner(model_dir / OPENVINO_FILE, hint, threads)
+    if model_dir is not None and (model_dir / ONNX_FILE).exists():
+        path = model_dir / ONNX_FILE
+        if backend == "onnx":
+            return OnnxRunner(path, threads)
+        if not has_ort_ops(path):  # an ORT-fused export: OpenVINO gets a plain graph exported below
+            return OpenVinoRunner(path, hint, threads)
+    tmp = Path(tempfile.mkdtemp(prefix="retr-onnx-"))
+    try:
+        log.info("exporting %s to ONNX for --backend %s", getattr(encoder, "name", "the model"), backend)
+        if backend == "onnx":
+            export_for_ort(encoder, tmp / ONNX_FILE)
+            return OnnxRunner(tmp / ONNX_FILE, threads)
+        return OpenVinoRunner(export_onnx(encoder, tmp / ONNX_FILE), hint, threads)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def backend_id(runner: Any) -> str | None:
+    """What identifies a runner's vectors (for resume keys): kind and graph checksum; ``None`` for torch."""
+    if runner is None:
+        return None
+    return f"{runner.kind}:{getattr(runner, 'precision', 'f32')}:{runner.digest}"
