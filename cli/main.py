@@ -8,6 +8,8 @@ import sys
 import typer
 
 from . import common
+from .audit_cmd import audit_command  # issue 23
+from .compare_cmd import compare_command  # issue 23
 from .encode_cmd import encode_command
 from .eval_cmd import eval_command
 from .index_cmd import index_app
@@ -35,6 +37,10 @@ app.command("encode", help="Encode a corpus (or one shard of it; torchrun-aware)
             "`retr index --from-embeddings`.")(encode_command)
 app.command("mine", help="Mine hard negatives with a BM25 or dense teacher (rank window; never a judged positive or a copy of one).")(mine_command)
 app.command("train", help="Train a dual encoder (supervised / unsupervised Contriever) or a cross-encoder.")(train_command)
+app.command("compare", help="Compare TREC runs with a baseline: per-query metrics, paired t-test and "
+            "randomisation test, Holm-corrected.")(compare_command)  # issue 23
+app.command("audit", help="Exact and near-duplicate queries and passages shared by training data and an "
+            "evaluation split.")(audit_command)  # issue 23
 app.command("init-model", help="Write a random-init BERT that reuses an existing tokenizer.")(init_model_command)
 
 

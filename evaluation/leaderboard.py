@@ -13,6 +13,9 @@ A suite is a YAML/JSON file::
 
 ``{dataset}`` in a path is replaced by the dataset's folder name, and a mapping picks the dataset's entry (or
 ``default``); a set-up whose per-dataset model does not exist is skipped there (shown as "-").
+
+A top-level ``baseline: bm25`` marks the rows that differ significantly from that set-up (``suite_checks.py``);
+every row's per-query nDCG@10 and Judged@10 go to ``per_query/<setup>/<dataset>.tsv``.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ MTEB_TASKS = {"scifact": "SciFact", "nfcorpus": "NFCorpus", "arguana": "ArguAna"
               "msmarco": "MSMARCO", "touche2020": "Touche2020", "webis-touche2020": "Touche2020"}
 MTEB_CUTOFFS = (1, 3, 5, 10, 20, 100, 1000)
 MTEB_METRICS = tuple(f"{m}@{k}" for m in ("nDCG", "MAP", "Recall", "P", "MRR") for k in MTEB_CUTOFFS)
+LEADERBOARD_METRICS = (*MTEB_METRICS, "Judged@10")  # issue 23: the share of judged documents in every row
 
 
 @dataclass
@@ -103,6 +107,22 @@ def load_suite(path: str | Path) -> list[Setup]:
     return setups
 
 
+def load_baseline(path: str | Path, setups: list[Setup]) -> str | None:
+    """The suite's top-level ``baseline:`` (a set-up name), or None (issue 23)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text)
+    else:
+        raw = json.loads(text)
+    baseline = raw.get("baseline") if isinstance(raw, dict) else None
+    if baseline is not None and baseline not in {s.name for s in setups}:
+        raise DataError(path, None, f"baseline {baseline!r} is not the name of a set-up")
+    return baseline
+
+
 def expand_datasets(paths: list[Path]) -> list[Path]:
     """BEIR folders given directly, or every BEIR folder inside a parent folder."""
     out = []
@@ -152,12 +172,21 @@ def mteb_record(dataset: str, split: str, metrics: dict[str, float], seconds: fl
 
 
 def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: str = "test", k: int = 1000,
-              cache_root: Path | None = None, allow_missing_docs: bool = True, threads: int = 0) -> dict:
+              cache_root: Path | None = None, allow_missing_docs: bool = True, threads: int = 0,
+              baseline: str | None = None) -> dict:  # issue 23: baseline
+    from retr.retriever.hits import run_to_dict
     from retr.retriever.pipeline import build_retriever, describe_retriever
+
+    from . import suite_checks
+    from .audit import training_overlap
+    from .metrics import per_query_metrics
 
     cache_root = cache_root or out_dir / "cache"
     table: dict[str, dict[str, float]] = {s.name: {} for s in setups}
     timings: dict[str, float] = {}
+    per_query: dict[str, dict] = {}  # issue 23: {dataset: {setup: {qid: {metric: score}}}}
+    judged: dict[str, dict[str, float]] = {s.name: {} for s in setups}
+    overlap: dict[str, dict[str, Any]] = {s.name: {} for s in setups}
     for data_dir in datasets:
         ds = load_beir(data_dir, split, allow_missing_docs=allow_missing_docs)
         fp = ds.corpus.fingerprint
@@ -186,7 +215,14 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
             seconds = time.perf_counter() - t0
             timings[f"{setup.name}/{ds.name}"] = round(seconds, 1)
             table[setup.name][ds.name] = result.metrics["nDCG@10"]
+            # issue 23: per-query scores, Judged@10, training-data overlap of the row's models
+            rows = per_query_metrics(ds.qrels, run_to_dict(result.run), suite_checks.ROW_METRICS)
+            per_query.setdefault(ds.name, {})[setup.name] = rows
+            suite_checks.write_row_per_query(rows, out_dir / "per_query" / setup.name / f"{ds.name}.tsv")
+            judged[setup.name][ds.name] = sum(r["Judged@10"] for r in rows.values()) / max(len(rows), 1)
+            overlap[setup.name][ds.name] = training_overlap([setup.model, setup.rerank], ds)
             record = {**result.to_json(), "setup": setup.name, **describe_retriever(retriever),
+                      "training_overlap": overlap[setup.name][ds.name],
                       "retr_version": retr_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "machine": machine_info(), "seconds": round(seconds, 2)}
             write_json_atomic(out_dir / "results" / setup.name / f"{ds.name}.json", record)
@@ -196,8 +232,11 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
                               mteb_record(ds.name, split, result.metrics, seconds))
             log.info("%s / %s: nDCG@10 %.4f (%.0fs)", setup.name, ds.name, result.metrics["nDCG@10"], seconds)
     names = [d.name for d in datasets]
-    write_leaderboard(table, names, out_dir)
-    summary = {"table": table, "datasets": names, "timings": timings}
+    sig = suite_checks.significance(per_query, baseline) if baseline else {}
+    marks = suite_checks.marks(sig, overlap)
+    write_leaderboard(table, names, out_dir, marks=marks, judged=judged, baseline=baseline)
+    summary = {"table": table, "datasets": names, "timings": timings, "judged": judged, "baseline": baseline,
+               "marks": marks, "significance": sig, "training_overlap": overlap}
     write_json_atomic(out_dir / "leaderboard.json", summary)
     return summary
 
@@ -232,36 +271,48 @@ def _cached_or_evaluate(retriever, ds, k: int, threads: int, cache_root: Path, r
     if path is not None and path.exists():
         run = read_trec_run(path)
         log.info("reusing cached run %s", path)
-        return EvalResult(compute_metrics(ds.qrels, run_to_dict(run), MTEB_METRICS), run, len(run), 0.0,
+        return EvalResult(compute_metrics(ds.qrels, run_to_dict(run), LEADERBOARD_METRICS), run, len(run), 0.0,
                           {"dataset": ds.name, "split": ds.split, "k": k, "ignore_identical_ids": True,
                            "cached_run": str(path)})
-    result = evaluate(retriever, ds, k=k, threads=threads, metrics=MTEB_METRICS)
+    result = evaluate(retriever, ds, k=k, threads=threads, metrics=LEADERBOARD_METRICS)
     if path is not None:
         write_trec_run(result.run, path, tag="cached")
     return result
 
 
-def leaderboard_rows(table: dict[str, dict[str, float]], datasets: list[str]) -> list[list[str]]:
+def leaderboard_rows(table: dict[str, dict[str, float]], datasets: list[str],
+                     marks: dict[str, dict[str, str]] | None = None) -> list[list[str]]:
+    """Rows of ``set-up, one value per dataset, average``; ``marks`` ({setup: {dataset: "†"}}) follow values."""
     rows = []
     for name, scores in table.items():
         vals = [scores.get(d) for d in datasets]
         have = [v for v in vals if v is not None]
         avg = sum(have) / len(have) if len(have) == len(vals) and have else None
-        rows.append([name, *("-" if v is None else f"{v:.4f}" for v in vals), "-" if avg is None else f"{avg:.4f}"])
+        mk = (marks or {}).get(name, {})
+        rows.append([name, *("-" if v is None else f"{v:.4f}{mk.get(d, '')}" for v, d in zip(vals, datasets)),
+                     "-" if avg is None else f"{avg:.4f}"])
     return rows
 
 
-def markdown_table(table: dict[str, dict[str, float]], datasets: list[str]) -> str:
+def markdown_table(table: dict[str, dict[str, float]], datasets: list[str],
+                   marks: dict[str, dict[str, str]] | None = None) -> str:
     head = ["set-up", *datasets, "average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in leaderboard_rows(table, datasets)]
+    lines += ["| " + " | ".join(r) + " |" for r in leaderboard_rows(table, datasets, marks)]
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], out_dir: Path) -> None:
+def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], out_dir: Path,
+                      marks: dict[str, dict[str, str]] | None = None, judged: dict[str, dict[str, float]] | None = None,
+                      baseline: str | None = None) -> None:  # issue 23: marks, judged, baseline
+    from .suite_checks import legend
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / "leaderboard.md") as fh:
-        fh.write("nDCG@10, test split\n\n" + markdown_table(table, datasets))
+        fh.write("nDCG@10, test split\n\n" + markdown_table(table, datasets, marks))
+        fh.write("\n" + legend(baseline) + "\n")
+        if judged:
+            fh.write("\nJudged@10 (share of the top 10 that the qrels judge)\n\n" + markdown_table(judged, datasets))
     with atomic_file(out_dir / "leaderboard.csv") as fh:
         w = csv.writer(fh)
         w.writerow(["setup", *datasets, "average"])
@@ -288,12 +339,13 @@ def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], o
         log.warning("no chart: %s", e)
 
 
-def print_leaderboard(table: dict[str, dict[str, float]], datasets: list[str]):
+def print_leaderboard(table: dict[str, dict[str, float]], datasets: list[str],
+                      marks: dict[str, dict[str, str]] | None = None, title: str = "nDCG@10"):
     from rich.table import Table
 
-    t = Table(title="nDCG@10")
+    t = Table(title=title)
     for c in ["set-up", *datasets, "average"]:
-        t.add_column(c, justify="right" if c != "set-up" else "left")
-    for row in leaderboard_rows(table, datasets):
+        t.add_column(c, justify="right" if c != "set-up" else "left", overflow="fold")
+    for row in leaderboard_rows(table, datasets, marks):
         t.add_row(*row)
     return t
