@@ -39,6 +39,7 @@ from .evaluate import evaluate
 log = logging.getLogger(__name__)
 
 SETUP_KEYS = {"name", "retriever", "model", "rerank", "rerank_top_k", "rerank_alpha", "fusion", "alpha", "rrf_k", "k1", "b", "precision"}
+SETUP_KEYS |= {"index_type", "ef_search", "nprobe", "hnsw_m", "nlist", "pq_m"}  # issue 23: ANN rows (ann_rows.py)
 MTEB_TASKS = {"scifact": "SciFact", "nfcorpus": "NFCorpus", "arguana": "ArguAna", "fiqa": "FiQA2018",
               "scidocs": "SCIDOCS", "trec-covid": "TRECCOVID", "quora": "QuoraRetrieval", "nq": "NQ",
               "hotpotqa": "HotpotQA", "fever": "FEVER", "climate-fever": "ClimateFEVER", "dbpedia-entity": "DBPedia",
@@ -102,6 +103,9 @@ def load_suite(path: str | Path) -> list[Setup]:
         kind = item.get("retriever", "dense")
         if kind in ("dense", "hybrid") and not item.get("model"):
             raise DataError(path, None, f"setups[{i}] ({item['name']}): retriever {kind!r} needs a model")
+        if "index_type" in item and (kind != "dense" or item.get("rerank")):  # issue 23
+            raise DataError(path, None, f"setups[{i}] ({item['name']}): index_type needs retriever dense "
+                            "without rerank")
         opts = {k: v for k, v in item.items() if k not in ("name", "retriever", "model", "rerank")}
         setups.append(Setup(item["name"], kind, item.get("model"), item.get("rerank"), opts))
     return setups
@@ -178,6 +182,7 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
     from retr.retriever.pipeline import build_retriever, describe_retriever
 
     from . import suite_checks
+    from .ann_rows import ANN_KEYS, ann_from_exact, ann_report
     from .audit import training_overlap
     from .metrics import per_query_metrics
 
@@ -187,6 +192,7 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
     per_query: dict[str, dict] = {}  # issue 23: {dataset: {setup: {qid: {metric: score}}}}
     judged: dict[str, dict[str, float]] = {s.name: {} for s in setups}
     overlap: dict[str, dict[str, Any]] = {s.name: {} for s in setups}
+    ann: dict[str, dict[str, Any]] = {}
     for data_dir in datasets:
         ds = load_beir(data_dir, split, allow_missing_docs=allow_missing_docs)
         fp = ds.corpus.fingerprint
@@ -204,6 +210,7 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
             if setup.retriever in ("bm25", "hybrid"):
                 bm25_dir = _cache_dir(cache_root, fp, "bm25")
             opts = dict(setup.options)
+            ann_opts = {key: opts.pop(key) for key in ANN_KEYS if key in opts}  # issue 23
             retriever = build_retriever(setup.retriever, ds.corpus, model=setup.model,
                                         index_dir=index_dir if setup.retriever != "bm25" else bm25_dir,
                                         bm25_index=bm25_dir, rerank=setup.rerank,
@@ -212,6 +219,10 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
             if setup.rerank:  # reranking is the expensive part: its run is cached by everything that shapes it
                 run_key = _run_key(setup, fp, model_keys, ds, k, split)
             result = _cached_or_evaluate(retriever, ds, k, threads, cache_root, run_key)
+            if ann_opts:  # issue 23: the same vectors searched through an approximate index
+                exact_result, retriever = result, ann_from_exact(retriever, ann_opts)
+                result = evaluate(retriever, ds, k=k, threads=threads, metrics=LEADERBOARD_METRICS)
+                ann.setdefault(setup.name, {})[ds.name] = ann_report(result, exact_result)
             seconds = time.perf_counter() - t0
             timings[f"{setup.name}/{ds.name}"] = round(seconds, 1)
             table[setup.name][ds.name] = result.metrics["nDCG@10"]
@@ -223,6 +234,7 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
             overlap[setup.name][ds.name] = training_overlap([setup.model, setup.rerank], ds)
             record = {**result.to_json(), "setup": setup.name, **describe_retriever(retriever),
                       "training_overlap": overlap[setup.name][ds.name],
+                      "ann": ann.get(setup.name, {}).get(ds.name),
                       "retr_version": retr_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "machine": machine_info(), "seconds": round(seconds, 2)}
             write_json_atomic(out_dir / "results" / setup.name / f"{ds.name}.json", record)
@@ -234,9 +246,9 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
     names = [d.name for d in datasets]
     sig = suite_checks.significance(per_query, baseline) if baseline else {}
     marks = suite_checks.marks(sig, overlap)
-    write_leaderboard(table, names, out_dir, marks=marks, judged=judged, baseline=baseline)
+    write_leaderboard(table, names, out_dir, marks=marks, judged=judged, baseline=baseline, ann=ann)
     summary = {"table": table, "datasets": names, "timings": timings, "judged": judged, "baseline": baseline,
-               "marks": marks, "significance": sig, "training_overlap": overlap}
+               "marks": marks, "significance": sig, "training_overlap": overlap, "ann": ann}
     write_json_atomic(out_dir / "leaderboard.json", summary)
     return summary
 
@@ -304,7 +316,7 @@ def markdown_table(table: dict[str, dict[str, float]], datasets: list[str],
 
 def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], out_dir: Path,
                       marks: dict[str, dict[str, str]] | None = None, judged: dict[str, dict[str, float]] | None = None,
-                      baseline: str | None = None) -> None:  # issue 23: marks, judged, baseline
+                      baseline: str | None = None, ann: dict | None = None) -> None:  # issue 23: marks ... ann
     from .suite_checks import legend
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -313,6 +325,12 @@ def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], o
         fh.write("\n" + legend(baseline) + "\n")
         if judged:
             fh.write("\nJudged@10 (share of the top 10 that the qrels judge)\n\n" + markdown_table(judged, datasets))
+        for name, per_ds in (ann or {}).items():
+            fh.write(f"\n{name}: approximate index vs exact search over the same vectors\n\n"
+                     "| dataset | recall@10 | recall@100 | nDCG@10 exact | nDCG@10 lost |\n|---|---|---|---|---|\n")
+            for d, r in per_ds.items():
+                fh.write(f"| {d} | {r['recall@10_vs_exact']:.4f} | {r['recall@100_vs_exact']:.4f} | "
+                         f"{r['nDCG@10_exact']:.4f} | {r['nDCG@10_lost']:+.4f} |\n")
     with atomic_file(out_dir / "leaderboard.csv") as fh:
         w = csv.writer(fh)
         w.writerow(["setup", *datasets, "average"])
