@@ -100,3 +100,33 @@ def test_recorded_training_data_flags_overlap(planted, tmp_path):
     assert training_overlap(["minilm", None], ds) is None  # nothing recorded: no claim either way
     (run / "meta.json").write_text(json.dumps({"made_by": "retr train", "config": {"train_data": ["/gone.jsonl"]}}))
     assert training_overlap([str(run / "model")], ds) == {"queries": 0, "train_data": [], "missing": ["/gone.jsonl"]}
+
+
+def test_audit_cli_options_by_result(planted, tmp_path, capsys):
+    ev, train, distill = planted
+    (ev / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nt3\te3\t1\n")
+    out = tmp_path / "a.json"
+
+    def report(*args):
+        code, stdout, err = run_cli(["audit", "--train", train, "--train", distill, "--eval", ev, "-o", out, *args],
+                                    capsys)
+        assert code == 0, err
+        return json.loads(out.read_text()), stdout
+
+    rep, _ = report("--eval-split", "dev")  # only t3 and e3 are judged in dev
+    assert rep["queries"]["eval"] == 1 and rep["queries"]["near_ids"] == ["t3"] and rep["eval_split"] == "dev"
+    rep, _ = report("--threshold", "0.95")  # the planted near duplicates (Jaccard 0.77-0.83) no longer count
+    assert rep["queries"]["near_ids"] == [] and rep["queries"]["exact_ids"] == ["t1", "t5"]
+    rep, _ = report("--num-perm", "256")
+    assert rep["num_perm"] == 256 and rep["queries"]["near_ids"] == ["t3"]
+    rep, stdout = report("--exact-only")
+    assert rep["queries"]["near"] == 0 and rep["passages"]["near"] == 0 and rep["passages"]["exact_ids"] == ["e2"]
+    rep, stdout = report("--examples", "0")
+    assert rep["queries"]["examples"] == [] and "eval  t1" not in stdout
+    rep, stdout = report("--examples", "1")
+    assert len(rep["queries"]["examples"]) == 2 and "eval  t1" in stdout  # one exact + one near
+    # --train-split: the BEIR training folder's split
+    (ev / "qrels" / "other.tsv").write_text("query-id\tcorpus-id\tscore\nt4\te4\t1\n")
+    code, _, err = run_cli(["audit", "--train", ev, "--train-split", "other", "--eval", ev, "-o", out], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["queries"]["exact_ids"] == ["t4"]

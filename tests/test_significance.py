@@ -3,6 +3,7 @@ Judged@10, and result tables that fit 80 columns."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_cli_compare_outputs(tmp_path, capsys):
     assert rec["baseline"] == "good" and rec["num_queries"] == 60
     assert rows[("bad", "MRR@10")]["delta"] == pytest.approx(compute_metrics(qrels, bad, ["MRR@10"])["MRR@10"] - 1)
     assert rows[("bad", "nDCG@10")]["p_holm"] < 0.05 and rows[("copy", "nDCG@10")]["p_holm"] == 1.0
-    assert "\u2020" in out and max(map(len, out.splitlines())) <= 80
+    assert re.search("\\d\\.\\d{4}\u2020", out) and max(map(len, out.splitlines())) <= 80
     lines = (tmp_path / "pq.tsv").read_text().splitlines()
     assert lines[0] == "qid\trun\tnDCG@10\tMRR@10" and len(lines) == 1 + 60 * 3
     code, _, err = run_cli(["compare", tmp_path / "bad.trec", "--qrels", tmp_path / "qrels.tsv"], capsys)
@@ -155,3 +156,33 @@ def test_comparison_table_fits_80_columns():
         console.print(t)
     text = console.export_text()
     assert max(map(len, text.splitlines())) <= 80 and "p Holm" in text
+
+
+def test_cli_compare_permutations_seed_alpha(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(40)}
+    base = {q: {next(iter(j)): 2.0, "x": 1.0} for q, j in qrels.items()}
+    noisy = {q: ({"x": 2.0, next(iter(j)): 1.0} if rng.random() < 0.15 else base[q]) for q, j in qrels.items()}
+    with open(tmp_path / "qrels.tsv", "w") as fh:  # TREC qrels format this time
+        fh.write("".join(f"{q} 0 {d} 1\n" for q, j in qrels.items() for d in j))
+    _write_run(tmp_path / "base.trec", base)
+    _write_run(tmp_path / "noisy.trec", noisy)
+
+    def row(*extra):
+        code, out, err = run_cli(["compare", tmp_path / "base.trec", tmp_path / "noisy.trec", "--qrels",
+                                  tmp_path / "qrels.tsv", "-o", tmp_path / "c.json", *extra], capsys)
+        assert code == 0, err
+        return json.loads((tmp_path / "c.json").read_text())["rows"][0], out
+
+    r1, _ = row("--permutations", "9", "--seed", "1")
+    assert r1["p_randomisation"] >= 0.1 and (r1["p_randomisation"] * 10) == pytest.approx(round(
+        r1["p_randomisation"] * 10))  # (hits + 1) / (9 + 1)
+    seeds = {row("--permutations", "200", "--seed", str(s))[0]["p_randomisation"] for s in range(4)}
+    assert len(seeds) > 1  # the seed drives the sign flips
+    assert row("--permutations", "200", "--seed", "2")[0]["p_randomisation"] == row(
+        "--permutations", "200", "--seed", "2")[0]["p_randomisation"]
+    marked = re.compile("\\d\\.\\d{4}\u2020")  # a mean followed by the dagger
+    r, out = row("--alpha", "0.999")
+    assert r["p_holm"] < 0.999 and marked.search(out)
+    r, out = row("--alpha", "0.0001")
+    assert r["p_holm"] >= 0.0001 and not marked.search(out)
