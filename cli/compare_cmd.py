@@ -53,7 +53,8 @@ def compare_command(
 
     judged = read_qrels_file(qrels)
     cmp, scores = compare_run_files(runs, judged, metric, baseline, permutations, seed, alpha)
-    for table in comparison_tables(cmp, title=qrels.name):
+    title = f"{qrels.parent.parent.name} {qrels.stem}" if qrels.parent.name == "qrels" else qrels.name
+    for table in comparison_tables(cmp, title=title):
         common.console().print(table)
     if output:
         write_json_atomic(output, {**cmp.to_json(), "qrels": str(qrels), "runs": [str(r) for r in runs],

@@ -32,8 +32,12 @@ def per_query_from_run_file(path: str | Path, qrels: Mapping[str, Mapping[str, i
 
 
 def run_names(paths: Sequence[Path]) -> list[str]:
-    """Short names for run files: the file stem, or parent/stem where stems repeat (leaderboard layouts)."""
+    """Short names for run files: the file stem; the folder's name when every file has the same stem and the
+    folders differ (a leaderboard's ``runs/<setup>/<dataset>.trec``); parent/stem where some stems repeat."""
     stems = [p.stem for p in paths]
+    parents = [p.parent.name for p in paths]
+    if len(paths) > 1 and len(set(stems)) == 1 and len(set(parents)) == len(parents) and all(parents):
+        return parents
     names = [s if stems.count(s) == 1 else f"{p.parent.name}/{s}" for p, s in zip(paths, stems)]
     names = [n if names.count(n) == 1 else str(p) for p, n in zip(paths, names)]
     if len(set(names)) != len(names):
