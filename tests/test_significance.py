@@ -186,3 +186,14 @@ def test_cli_compare_permutations_seed_alpha(tmp_path, capsys):
     assert r["p_holm"] < 0.999 and marked.search(out)
     r, out = row("--alpha", "0.0001")
     assert r["p_holm"] >= 0.0001 and not marked.search(out)
+
+
+def test_retr_eval_output_fits_80_columns(tiny_beir, tiny_model_dir, capsys):
+    """What `make demo` prints (`retr eval`, one dataset): every metric, whole, in 80 columns."""
+    from retr.evaluation.report import HEADLINE
+
+    code, out, err = run_cli(["eval", "-m", tiny_model_dir, "-d", tiny_beir, "-k", "10"], capsys)
+    assert code == 0, err
+    assert max(map(len, out.splitlines())) <= 80 and "\u2026" not in out
+    for m in HEADLINE:
+        assert re.search(rf"{re.escape(m)}\s.*\d\.\d{{4}}", out), m
