@@ -77,10 +77,14 @@ def eval_command(
 
     t0 = time.perf_counter()
     if leaderboard:
-        from retr.evaluation.leaderboard import Setup, expand_datasets, load_suite, print_leaderboard, run_suite
+        from retr.evaluation.leaderboard import (Setup, expand_datasets, load_baseline, load_suite,
+                                                 print_leaderboard, run_suite)
+        from retr.evaluation.suite_checks import legend
 
+        baseline = None
         if suite is not None:
             setups = load_suite(suite)
+            baseline = load_baseline(suite, setups)  # issue 23
         else:
             opts = {"fusion": fusion, "alpha": alpha, "rrf_k": rrf_k, "k1": k1, "b": b, "rerank_top_k": rerank_top_k}
             if rerank_alpha is not None:
@@ -88,9 +92,11 @@ def eval_command(
             setups = [Setup(Path(model).name if model else retriever_kind, retriever_kind, model, rerank, opts)]
         out = output_dir or Path("out/leaderboard")
         summary = run_suite(setups, expand_datasets(data), out, split=split, k=k, cache_root=cache_dir,
-                            allow_missing_docs=True, threads=threads)
-        common.console().print(print_leaderboard(summary["table"], summary["datasets"]))
-        common.console().print(f"wrote {out}/leaderboard.md, .csv, .png, results/, runs/, mteb/")
+                            allow_missing_docs=True, threads=threads, baseline=baseline)
+        common.console().print(print_leaderboard(summary["table"], summary["datasets"], summary["marks"]))
+        common.console().print(legend(baseline))
+        common.console().print(print_leaderboard(summary["judged"], summary["datasets"], title="Judged@10"))
+        common.console().print(f"wrote {out}/leaderboard.md, .csv, .png, results/, runs/, per_query/,\n  mteb/")
         return
     data = data[0]
     dataset = load_beir(data, split, allow_missing_docs=allow_missing_docs)

@@ -8,6 +8,8 @@ import sys
 import typer
 
 from . import common
+from .audit_cmd import audit_command  # issue 23
+from .compare_cmd import compare_command  # issue 23
 from .encode_cmd import encode_command
 from .eval_cmd import eval_command
 from .export_cmd import export_command
@@ -41,6 +43,10 @@ app.command("score", help="Teacher scores (cross-encoder, dense, BM25 or fusion)
             "Tevatron JSONL, for `retr train --distill`.")(score_command)  # issue 20
 app.command("export", help="Export a model as ONNX/OpenVINO (pooling and normalisation in the graph) or a "
             "corpus's vectors as Parquet/JSONL, with a parity check against retr's own vectors.")(export_command)
+app.command("compare", help="Compare TREC runs with a baseline: per-query metrics, paired t-test and "
+            "randomisation test, Holm-corrected.")(compare_command)  # issue 23
+app.command("audit", help="Exact and near-duplicate queries and passages shared by training data and an "
+            "evaluation split.")(audit_command)  # issue 23
 app.command("init-model", help="Write a random-init BERT that reuses an existing tokenizer.")(init_model_command)
 
 

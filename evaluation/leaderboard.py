@@ -13,6 +13,9 @@ A suite is a YAML/JSON file::
 
 ``{dataset}`` in a path is replaced by the dataset's folder name, and a mapping picks the dataset's entry (or
 ``default``); a set-up whose per-dataset model does not exist is skipped there (shown as "-").
+
+A top-level ``baseline: bm25`` marks the rows that differ significantly from that set-up (``suite_checks.py``);
+every row's per-query nDCG@10 and Judged@10 go to ``per_query/<setup>/<dataset>.tsv``.
 """
 from __future__ import annotations
 
@@ -36,12 +39,14 @@ from .evaluate import evaluate
 log = logging.getLogger(__name__)
 
 SETUP_KEYS = {"name", "retriever", "model", "rerank", "rerank_top_k", "rerank_alpha", "fusion", "alpha", "rrf_k", "k1", "b", "precision"}
+SETUP_KEYS |= {"index_type", "ef_search", "nprobe", "hnsw_m", "nlist", "pq_m"}  # issue 23: ANN rows (ann_rows.py)
 MTEB_TASKS = {"scifact": "SciFact", "nfcorpus": "NFCorpus", "arguana": "ArguAna", "fiqa": "FiQA2018",
               "scidocs": "SCIDOCS", "trec-covid": "TRECCOVID", "quora": "QuoraRetrieval", "nq": "NQ",
               "hotpotqa": "HotpotQA", "fever": "FEVER", "climate-fever": "ClimateFEVER", "dbpedia-entity": "DBPedia",
               "msmarco": "MSMARCO", "touche2020": "Touche2020", "webis-touche2020": "Touche2020"}
 MTEB_CUTOFFS = (1, 3, 5, 10, 20, 100, 1000)
 MTEB_METRICS = tuple(f"{m}@{k}" for m in ("nDCG", "MAP", "Recall", "P", "MRR") for k in MTEB_CUTOFFS)
+LEADERBOARD_METRICS = (*MTEB_METRICS, "Judged@10")  # issue 23: the share of judged documents in every row
 
 
 @dataclass
@@ -98,9 +103,28 @@ def load_suite(path: str | Path) -> list[Setup]:
         kind = item.get("retriever", "dense")
         if kind in ("dense", "hybrid") and not item.get("model"):
             raise DataError(path, None, f"setups[{i}] ({item['name']}): retriever {kind!r} needs a model")
+        if "index_type" in item and (kind != "dense" or item.get("rerank")):  # issue 23
+            raise DataError(path, None, f"setups[{i}] ({item['name']}): index_type needs retriever dense "
+                            "without rerank")
         opts = {k: v for k, v in item.items() if k not in ("name", "retriever", "model", "rerank")}
         setups.append(Setup(item["name"], kind, item.get("model"), item.get("rerank"), opts))
     return setups
+
+
+def load_baseline(path: str | Path, setups: list[Setup]) -> str | None:
+    """The suite's top-level ``baseline:`` (a set-up name), or None (issue 23)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text)
+    else:
+        raw = json.loads(text)
+    baseline = raw.get("baseline") if isinstance(raw, dict) else None
+    if baseline is not None and baseline not in {s.name for s in setups}:
+        raise DataError(path, None, f"baseline {baseline!r} is not the name of a set-up")
+    return baseline
 
 
 def expand_datasets(paths: list[Path]) -> list[Path]:
@@ -152,12 +176,23 @@ def mteb_record(dataset: str, split: str, metrics: dict[str, float], seconds: fl
 
 
 def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: str = "test", k: int = 1000,
-              cache_root: Path | None = None, allow_missing_docs: bool = True, threads: int = 0) -> dict:
+              cache_root: Path | None = None, allow_missing_docs: bool = True, threads: int = 0,
+              baseline: str | None = None) -> dict:  # issue 23: baseline
+    from retr.retriever.hits import run_to_dict
     from retr.retriever.pipeline import build_retriever, describe_retriever
+
+    from . import suite_checks
+    from .ann_rows import ANN_KEYS, ann_from_exact, ann_report
+    from .audit import training_overlap
+    from .metrics import per_query_metrics
 
     cache_root = cache_root or out_dir / "cache"
     table: dict[str, dict[str, float]] = {s.name: {} for s in setups}
     timings: dict[str, float] = {}
+    per_query: dict[str, dict] = {}  # issue 23: {dataset: {setup: {qid: {metric: score}}}}
+    judged: dict[str, dict[str, float]] = {s.name: {} for s in setups}
+    overlap: dict[str, dict[str, Any]] = {s.name: {} for s in setups}
+    ann: dict[str, dict[str, Any]] = {}
     for data_dir in datasets:
         ds = load_beir(data_dir, split, allow_missing_docs=allow_missing_docs)
         fp = ds.corpus.fingerprint
@@ -175,6 +210,7 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
             if setup.retriever in ("bm25", "hybrid"):
                 bm25_dir = _cache_dir(cache_root, fp, "bm25")
             opts = dict(setup.options)
+            ann_opts = {key: opts.pop(key) for key in ANN_KEYS if key in opts}  # issue 23
             retriever = build_retriever(setup.retriever, ds.corpus, model=setup.model,
                                         index_dir=index_dir if setup.retriever != "bm25" else bm25_dir,
                                         bm25_index=bm25_dir, rerank=setup.rerank,
@@ -183,10 +219,22 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
             if setup.rerank:  # reranking is the expensive part: its run is cached by everything that shapes it
                 run_key = _run_key(setup, fp, model_keys, ds, k, split)
             result = _cached_or_evaluate(retriever, ds, k, threads, cache_root, run_key)
+            if ann_opts:  # issue 23: the same vectors searched through an approximate index
+                exact_result, retriever = result, ann_from_exact(retriever, ann_opts)
+                result = evaluate(retriever, ds, k=k, threads=threads, metrics=LEADERBOARD_METRICS)
+                ann.setdefault(setup.name, {})[ds.name] = ann_report(result, exact_result)
             seconds = time.perf_counter() - t0
             timings[f"{setup.name}/{ds.name}"] = round(seconds, 1)
             table[setup.name][ds.name] = result.metrics["nDCG@10"]
+            # issue 23: per-query scores, Judged@10, training-data overlap of the row's models
+            rows = per_query_metrics(ds.qrels, run_to_dict(result.run), suite_checks.ROW_METRICS)
+            per_query.setdefault(ds.name, {})[setup.name] = rows
+            suite_checks.write_row_per_query(rows, out_dir / "per_query" / setup.name / f"{ds.name}.tsv")
+            judged[setup.name][ds.name] = sum(r["Judged@10"] for r in rows.values()) / max(len(rows), 1)
+            overlap[setup.name][ds.name] = training_overlap([setup.model, setup.rerank], ds)
             record = {**result.to_json(), "setup": setup.name, **describe_retriever(retriever),
+                      "training_overlap": overlap[setup.name][ds.name],
+                      "ann": ann.get(setup.name, {}).get(ds.name),
                       "retr_version": retr_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "machine": machine_info(), "seconds": round(seconds, 2)}
             write_json_atomic(out_dir / "results" / setup.name / f"{ds.name}.json", record)
@@ -196,8 +244,11 @@ def run_suite(setups: list[Setup], datasets: list[Path], out_dir: Path, split: s
                               mteb_record(ds.name, split, result.metrics, seconds))
             log.info("%s / %s: nDCG@10 %.4f (%.0fs)", setup.name, ds.name, result.metrics["nDCG@10"], seconds)
     names = [d.name for d in datasets]
-    write_leaderboard(table, names, out_dir)
-    summary = {"table": table, "datasets": names, "timings": timings}
+    sig = suite_checks.significance(per_query, baseline) if baseline else {}
+    marks = suite_checks.marks(sig, overlap)
+    write_leaderboard(table, names, out_dir, marks=marks, judged=judged, baseline=baseline, ann=ann)
+    summary = {"table": table, "datasets": names, "timings": timings, "judged": judged, "baseline": baseline,
+               "marks": marks, "significance": sig, "training_overlap": overlap, "ann": ann}
     write_json_atomic(out_dir / "leaderboard.json", summary)
     return summary
 
@@ -232,36 +283,54 @@ def _cached_or_evaluate(retriever, ds, k: int, threads: int, cache_root: Path, r
     if path is not None and path.exists():
         run = read_trec_run(path)
         log.info("reusing cached run %s", path)
-        return EvalResult(compute_metrics(ds.qrels, run_to_dict(run), MTEB_METRICS), run, len(run), 0.0,
+        return EvalResult(compute_metrics(ds.qrels, run_to_dict(run), LEADERBOARD_METRICS), run, len(run), 0.0,
                           {"dataset": ds.name, "split": ds.split, "k": k, "ignore_identical_ids": True,
                            "cached_run": str(path)})
-    result = evaluate(retriever, ds, k=k, threads=threads, metrics=MTEB_METRICS)
+    result = evaluate(retriever, ds, k=k, threads=threads, metrics=LEADERBOARD_METRICS)
     if path is not None:
         write_trec_run(result.run, path, tag="cached")
     return result
 
 
-def leaderboard_rows(table: dict[str, dict[str, float]], datasets: list[str]) -> list[list[str]]:
+def leaderboard_rows(table: dict[str, dict[str, float]], datasets: list[str],
+                     marks: dict[str, dict[str, str]] | None = None) -> list[list[str]]:
+    """Rows of ``set-up, one value per dataset, average``; ``marks`` ({setup: {dataset: "†"}}) follow values."""
     rows = []
     for name, scores in table.items():
         vals = [scores.get(d) for d in datasets]
         have = [v for v in vals if v is not None]
         avg = sum(have) / len(have) if len(have) == len(vals) and have else None
-        rows.append([name, *("-" if v is None else f"{v:.4f}" for v in vals), "-" if avg is None else f"{avg:.4f}"])
+        mk = (marks or {}).get(name, {})
+        rows.append([name, *("-" if v is None else f"{v:.4f}{mk.get(d, '')}" for v, d in zip(vals, datasets)),
+                     "-" if avg is None else f"{avg:.4f}"])
     return rows
 
 
-def markdown_table(table: dict[str, dict[str, float]], datasets: list[str]) -> str:
+def markdown_table(table: dict[str, dict[str, float]], datasets: list[str],
+                   marks: dict[str, dict[str, str]] | None = None) -> str:
     head = ["set-up", *datasets, "average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in leaderboard_rows(table, datasets)]
+    lines += ["| " + " | ".join(r) + " |" for r in leaderboard_rows(table, datasets, marks)]
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], out_dir: Path) -> None:
+def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], out_dir: Path,
+                      marks: dict[str, dict[str, str]] | None = None, judged: dict[str, dict[str, float]] | None = None,
+                      baseline: str | None = None, ann: dict | None = None) -> None:  # issue 23: marks ... ann
+    from .suite_checks import legend
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / "leaderboard.md") as fh:
-        fh.write("nDCG@10, test split\n\n" + markdown_table(table, datasets))
+        fh.write("nDCG@10, test split\n\n" + markdown_table(table, datasets, marks))
+        fh.write("\n" + legend(baseline) + "\n")
+        if judged:
+            fh.write("\nJudged@10 (share of the top 10 that the qrels judge)\n\n" + markdown_table(judged, datasets))
+        for name, per_ds in (ann or {}).items():
+            fh.write(f"\n{name}: approximate index vs exact search over the same vectors\n\n"
+                     "| dataset | recall@10 | recall@100 | nDCG@10 exact | nDCG@10 lost |\n|---|---|---|---|---|\n")
+            for d, r in per_ds.items():
+                fh.write(f"| {d} | {r['recall@10_vs_exact']:.4f} | {r['recall@100_vs_exact']:.4f} | "
+                         f"{r['nDCG@10_exact']:.4f} | {r['nDCG@10_lost']:+.4f} |\n")
     with atomic_file(out_dir / "leaderboard.csv") as fh:
         w = csv.writer(fh)
         w.writerow(["setup", *datasets, "average"])
@@ -288,12 +357,13 @@ def write_leaderboard(table: dict[str, dict[str, float]], datasets: list[str], o
         log.warning("no chart: %s", e)
 
 
-def print_leaderboard(table: dict[str, dict[str, float]], datasets: list[str]):
+def print_leaderboard(table: dict[str, dict[str, float]], datasets: list[str],
+                      marks: dict[str, dict[str, str]] | None = None, title: str = "nDCG@10"):
     from rich.table import Table
 
-    t = Table(title="nDCG@10")
+    t = Table(title=title)
     for c in ["set-up", *datasets, "average"]:
-        t.add_column(c, justify="right" if c != "set-up" else "left")
-    for row in leaderboard_rows(table, datasets):
+        t.add_column(c, justify="right" if c != "set-up" else "left", overflow="fold")
+    for row in leaderboard_rows(table, datasets, marks):
         t.add_row(*row)
     return t

@@ -56,3 +56,76 @@ class TrecRunWriter:
 
     def __exit__(self, *exc) -> bool | None:
         return self._ctx.__exit__(*exc)
+
+
+# issue 23: streamed runs (retr compare) and TREC-format qrels
+def iter_trec_run_blocks(path: str | Path, block_queries: int = 1024):
+    """Yield a TREC run file as ``Run`` blocks of up to ``block_queries`` queries, in file order.
+
+    Memory grows with one block of hits (~100 bytes a hit), not with the file. The file must keep each
+    query's lines together (as retr, Anserini and trec_eval's inputs do); a query that comes back after
+    another one raises ``DataError`` naming the line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "run file not found")
+    block: Run = {}
+    done: set[str] = set()
+    current = None
+    with open(path, encoding="utf-8-sig") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 6:
+                raise DataError(path, line_no, f"expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}")
+            qid, _, docid, rank, score, _tag = parts
+            try:
+                hit = Hit(docid, float(score), int(rank))
+            except ValueError:
+                raise DataError(path, line_no, "rank must be an integer and score a number") from None
+            if qid != current:
+                if qid in done or qid in block:
+                    raise DataError(path, line_no, f"query {qid!r} comes back after other queries: sort the run "
+                                    "by query id (e.g. sort -k1,1 -s)")
+                if len(block) >= block_queries:
+                    yield _sorted(block)
+                    done.update(block)
+                    block = {}
+                current = qid
+            block.setdefault(qid, []).append(hit)
+    if block:
+        yield _sorted(block)
+
+
+def _sorted(run: Run) -> Run:
+    for hits in run.values():
+        hits.sort(key=lambda h: h.rank)
+    return run
+
+
+def read_qrels_file(path: str | Path) -> dict[str, dict[str, int]]:
+    """Qrels in BEIR's TSV (``query-id corpus-id score``, header optional) or TREC's format
+    (``qid iter docid grade``, whitespace-separated), told apart by the number of fields of each line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "qrels file not found")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8-sig") as fh:
+        for line_no, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts or (line_no == 1 and parts[0].lower() in ("query-id", "query_id", "qid")):
+                continue
+            if len(parts) == 3:
+                qid, docid, grade = parts
+            elif len(parts) == 4:
+                qid, _, docid, grade = parts
+            else:
+                raise DataError(path, line_no, "expected 3 fields (query-id corpus-id score) or 4 (qid iter "
+                                f"docid grade), got {len(parts)}")
+            try:
+                qrels.setdefault(qid, {})[docid] = int(grade)
+            except ValueError:
+                raise DataError(path, line_no, f'field "score" must be an integer, got {grade!r}') from None
+    if not qrels:
+        raise DataError(path, None, "no judgements in the qrels file")
+    return qrels
