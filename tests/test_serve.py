@@ -47,7 +47,9 @@ def serving(searcher, config: ServeConfig | None = None):
 
     app = create_app(searcher, config or ServeConfig())
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # log_config=None: no logging.config.dictConfig, which would flush and close every handler in the process
+    # (torch installs StreamHandlers on the stream pytest captured when an earlier test exported ONNX)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
