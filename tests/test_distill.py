@@ -230,7 +230,7 @@ def test_distilled_cross_encoder_follows_the_teacher_order(tmp_path, tiny_beir, 
 
     code, _, err = run_cli(["train", "--mode", "reranker", "-o", tmp_path / "run", "-m", start, "--teacher-scores",
                             scores, "--distill", "margin-mse", "--train-negatives", "3", "--batch-size", "2",
-                            "--max-steps", "40", "--lr", "3e-3", "--warmup-ratio", "0", "--save-steps", "0",
+                            "--max-steps", "120", "--lr", "3e-3", "--warmup-ratio", "0", "--save-steps", "0",
                             "--grad-cache", "--gc-passage-chunk", "3"], capsys)
     assert code == 0, err
     before, after = agreement(start), agreement(tmp_path / "run" / "model")
