@@ -322,3 +322,17 @@ def test_decoder_export_last_token_pooling(tiny_decoder_dir, tmp_path, capsys):
     ref = enc.encode_passages(TEXTS, batch_size=2)
     enc.set_backend("onnx")
     assert cosines(enc.encode_passages(TEXTS, batch_size=2), ref).min() >= 0.9999
+
+
+def test_export_never_replaces_a_foreign_directory(model_dir, tmp_path, capsys):
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["export", "-m", model_dir, "-o", foreign], capsys)
+    assert code == 2 and "is not a retr export" in one_line_error(err)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    code, _, err = run_cli(["export", "-m", model_dir, "-o", tmp_path / "e"], capsys)  # a retr export is replaced
+    assert code == 0, err
+    code, _, err = run_cli(["export", "-m", model_dir, "-o", tmp_path / "e", "--quantize", "int8"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "e" / "meta.json").read_text())["quantize"] == "int8"
