@@ -115,6 +115,14 @@ def train_command(
     task: common.Task = None,
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
+    # issue 20: cross-encoder start and loss
+    ce_head: Annotated[Optional[str], Opt("--ce-head", help="Reranker: head of a cross-encoder started from an "
+                                          "encoder: cls ([CLS] -> pooler -> linear, as loaded) | pooler (the same, "
+                                          "pooler re-initialised, trained at --head-lr) | segment-cosine (scale x "
+                                          "cosine of the query's and passage's mean token states + the pooler "
+                                          "path: learns from step 0). A saved cross-encoder keeps its head.")] = None,
+    ce_loss: Annotated[Optional[str], Opt("--ce-loss", help="Reranker loss: listwise (softmax over 1 positive + "
+                                          "negatives) | bce (pointwise binary cross-entropy per pair).")] = None,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -140,11 +148,14 @@ def train_command(
                  eval_split=eval_split, eval_steps=eval_steps, report_to=report_to, resume=resume,
                  query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
                  query_prefix=query_prefix, passage_prefix=passage_prefix, query_instruction=query_instruction,
-                 task=task, torch_dtype=torch_dtype)
+                 task=task, torch_dtype=torch_dtype,
+                 ce_head=ce_head, ce_loss=ce_loss)  # issue 20
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:
         raise typer.BadParameter("--output is required")
+    if cfg.mode != "reranker" and (ce_head is not None or ce_loss is not None):  # issue 20
+        raise typer.BadParameter("--ce-head and --ce-loss apply to --mode reranker only")
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run directory
         common.claim_output(cfg.output_dir, "run")
     dist = init_distributed()

@@ -84,6 +84,9 @@ class TrainConfig:
     eval_steps: int | None = None
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
     resume: bool = False
+    # issue 20: cross-encoder start and loss (reranker mode)
+    ce_head: str = "cls"  # cls | pooler | segment-cosine: the head of a cross-encoder started from an encoder
+    ce_loss: str = "listwise"  # listwise (softmax over 1 positive + negatives) | bce (pointwise)
 
     def __post_init__(self) -> None:
         if self.mode not in ("supervised", "unsupervised", "reranker"):
@@ -101,6 +104,10 @@ class TrainConfig:
         if self.matryoshka_dims and self.mode == "unsupervised" and self.moco:
             raise ValueError("--matryoshka-dims is not supported with MoCo (its queue holds full-size keys): "
                              "use --in-batch")
+        if self.ce_head not in ("cls", "pooler", "segment-cosine"):  # issue 20
+            raise ValueError(f"ce_head must be cls, pooler or segment-cosine, got {self.ce_head!r}")
+        if self.ce_loss not in ("listwise", "bce"):
+            raise ValueError(f"ce_loss must be listwise or bce, got {self.ce_loss!r}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
 
