@@ -123,6 +123,9 @@ def train_command(
                                           "path: learns from step 0). A saved cross-encoder keeps its head.")] = None,
     ce_loss: Annotated[Optional[str], Opt("--ce-loss", help="Reranker loss: listwise (softmax over 1 positive + "
                                           "negatives) | bce (pointwise binary cross-entropy per pair).")] = None,
+    ce_scale: Annotated[Optional[float], Opt("--ce-scale", min=0.0, help="Reranker, --ce-head segment-cosine: "
+                                             "initial scale of the cosine (default 20; smaller where the "
+                                             "start's cosine ranks poorly, RESULTS.md §14).")] = None,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -149,13 +152,13 @@ def train_command(
                  query_max_length=query_max_length, passage_max_length=passage_max_length, pooling=pooling,
                  query_prefix=query_prefix, passage_prefix=passage_prefix, query_instruction=query_instruction,
                  task=task, torch_dtype=torch_dtype,
-                 ce_head=ce_head, ce_loss=ce_loss)  # issue 20
+                 ce_head=ce_head, ce_loss=ce_loss, ce_scale=ce_scale)  # issue 20
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:
         raise typer.BadParameter("--output is required")
-    if cfg.mode != "reranker" and (ce_head is not None or ce_loss is not None):  # issue 20
-        raise typer.BadParameter("--ce-head and --ce-loss apply to --mode reranker only")
+    if cfg.mode != "reranker" and (ce_head, ce_loss, ce_scale) != (None, None, None):  # issue 20
+        raise typer.BadParameter("--ce-head, --ce-loss and --ce-scale apply to --mode reranker only")
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run directory
         common.claim_output(cfg.output_dir, "run")
     dist = init_distributed()

@@ -162,11 +162,18 @@ def test_ce_head_option_by_result(tiny_beir, tiny_model_dir, tmp_path, capsys):
     assert model.head == "segment-cosine"
     assert model.segment.scale.item() != SEGMENT_SCALE  # trained at --head-lr
     assert float(model.model.classifier.weight.detach().abs().sum()) > 0  # the [CLS] path grew from zero
+    # --ce-scale sets the start: with --lr 0 and --head-lr 0 nothing moves, so the saved scale is the given one
+    _train(tiny_beir, tiny_model_dir, tmp_path / "s3", capsys, "--ce-head", "segment-cosine", "--ce-scale", "3",
+           "--lr", "0", "--head-lr", "0")
+    assert CrossEncoder.from_pretrained(tmp_path / "s3" / "model").segment.scale.item() == 3.0
     _train(tiny_beir, tiny_model_dir, tmp_path / "cls", capsys)
     assert CrossEncoder.from_pretrained(tmp_path / "cls" / "model").head == "cls"
     code, _, err = run_cli(["train", "--mode", "supervised", "-o", tmp_path / "x", "-m", tiny_model_dir, "-d",
                             tiny_beir, "--split", "test", "--ce-head", "segment-cosine"], capsys)
     assert code == 2 and "--mode reranker only" in one_line_error(err)
+    code, _, err = run_cli(["train", "--mode", "reranker", "-o", tmp_path / "z", "-m", tiny_model_dir, "-d",
+                            tiny_beir, "--split", "test", "--ce-scale", "2"], capsys)
+    assert code == 2 and "ce_head segment-cosine" in one_line_error(err)
     code, _, err = run_cli(["train", "--mode", "reranker", "-o", tmp_path / "y", "-m", tiny_model_dir, "-d",
                             tiny_beir, "--split", "test", "--ce-head", "mean"], capsys)
     assert code == 2 and "ce_head" in one_line_error(err)

@@ -48,10 +48,11 @@ class CrossEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, max_length: int | None = None, head: str | None = None,
-                        **_: Any) -> "CrossEncoder":
+                        head_scale: float | None = None, **_: Any) -> "CrossEncoder":
         """Load a cross-encoder, or start one from an encoder. ``head`` applies only when the scoring head is new
         (the classifier is not in the checkpoint; default ``cls``); a saved cross-encoder keeps the head it was
-        trained with (``retr_cross_encoder.json``; none there = ``cls``). ``ModelLoadError`` (one line) for a
+        trained with (``retr_cross_encoder.json``; none there = ``cls``). ``head_scale``: a new segment-cosine
+        head's initial scale (default ``SEGMENT_SCALE``). ``ModelLoadError`` (one line) for a
         damaged directory."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -98,6 +99,9 @@ class CrossEncoder(nn.Module):
         if ce.segment is not None:
             if new_head:
                 ce.fresh_parameters += tuple(f"segment.{n}" for n, _ in ce.segment.named_parameters())
+                if head_scale is not None:
+                    with torch.no_grad():
+                        ce.segment.scale.fill_(float(head_scale))
             else:
                 ce.segment.load(Path(path))
         return ce

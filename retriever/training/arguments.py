@@ -87,6 +87,7 @@ class TrainConfig:
     # issue 20: cross-encoder start and loss (reranker mode)
     ce_head: str = "cls"  # cls | pooler | segment-cosine: the head of a cross-encoder started from an encoder
     ce_loss: str = "listwise"  # listwise (softmax over 1 positive + negatives) | bce (pointwise)
+    ce_scale: float | None = None  # initial scale of a new segment-cosine head (default 20)
 
     def __post_init__(self) -> None:
         if self.mode not in ("supervised", "unsupervised", "reranker"):
@@ -108,6 +109,9 @@ class TrainConfig:
             raise ValueError(f"ce_head must be cls, pooler or segment-cosine, got {self.ce_head!r}")
         if self.ce_loss not in ("listwise", "bce"):
             raise ValueError(f"ce_loss must be listwise or bce, got {self.ce_loss!r}")
+        if self.ce_scale is not None and self.ce_head != "segment-cosine":
+            raise ValueError("ce_scale is the initial scale of the segment-cosine head: use it with ce_head "
+                             "segment-cosine")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
 

@@ -34,7 +34,8 @@ def load_model(cfg: TrainConfig) -> DualEncoder | CrossEncoder:
         import torch
 
         torch.manual_seed(cfg.seed)  # the fresh scoring head is initialised here
-        return CrossEncoder.from_pretrained(cfg.model, max_length=cfg.passage_max_length, head=cfg.ce_head)
+        return CrossEncoder.from_pretrained(cfg.model, max_length=cfg.passage_max_length, head=cfg.ce_head,
+                                          head_scale=cfg.ce_scale)
     overrides = {k: getattr(cfg, k) for k in ("pooling", "normalize", "query_prefix", "passage_prefix",
                                                "query_max_length", "passage_max_length", "torch_dtype")
                  if getattr(cfg, k) is not None}
