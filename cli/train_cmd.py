@@ -161,6 +161,17 @@ def train_command(
     distill_infonce_weight: Annotated[Optional[float], Opt("--distill-infonce-weight", help="Add this x the "
                                                            "contrastive loss (InfoNCE with in-batch negatives; "
                                                            "listwise for --mode reranker). Default 0.")] = None,
+    # issue 20: cross-encoder start and loss
+    ce_head: Annotated[Optional[str], Opt("--ce-head", help="Reranker: head of a cross-encoder started from an "
+                                          "encoder: cls ([CLS] -> pooler -> linear, as loaded) | pooler (the same, "
+                                          "pooler re-initialised, trained at --head-lr) | segment-cosine (scale x "
+                                          "cosine of the query's and passage's mean token states + the pooler "
+                                          "path: learns from step 0). A saved cross-encoder keeps its head.")] = None,
+    ce_loss: Annotated[Optional[str], Opt("--ce-loss", help="Reranker loss: listwise (softmax over 1 positive + "
+                                          "negatives) | bce (pointwise binary cross-entropy per pair).")] = None,
+    ce_scale: Annotated[Optional[float], Opt("--ce-scale", min=0.0, help="Reranker, --ce-head segment-cosine: "
+                                             "initial scale of the cosine (default 20; smaller where the "
+                                             "start's cosine ranks poorly, RESULTS.md §14).")] = None,
 ) -> None:
     """Train a dual encoder: supervised (query, positive, hard negatives) or unsupervised Contriever-style."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -194,10 +205,13 @@ def train_command(
                  b3_cluster_negatives=b3_cluster_negatives, b3_sibling_exclusion=b3_sibling_exclusion)  # issue 21
     flags.update(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_lora=merge_lora,  # issue 19
                  lora_target_modules=_name_list(lora_target_modules))
+    flags.update(ce_head=ce_head, ce_loss=ce_loss, ce_scale=ce_scale)  # issue 20
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_file(config, **flags) if config else TrainConfig(**flags)
     if output is None and config is None:
         raise typer.BadParameter("--output is required")
+    if cfg.mode != "reranker" and (ce_head, ce_loss, ce_scale) != (None, None, None):  # issue 20
+        raise typer.BadParameter("--ce-head, --ce-loss and --ce-scale apply to --mode reranker only")
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run directory
         common.claim_output(cfg.output_dir, "run")
     dist = init_distributed()

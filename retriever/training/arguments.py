@@ -101,6 +101,10 @@ class TrainConfig:
     b3_clusters_per_batch: int | None = None  # batches of whole clusters (needs b3_exact_k, batch = c * K)
     b3_cluster_negatives: int = 0  # B3++: hard negatives per query from its cluster's pooled windows
     b3_sibling_exclusion: bool = False  # rank windows skip queries sharing a judged positive
+    # issue 20: cross-encoder start and loss (reranker mode)
+    ce_head: str = "cls"  # cls | pooler | segment-cosine: the head of a cross-encoder started from an encoder
+    ce_loss: str = "listwise"  # listwise (softmax over 1 positive + negatives) | bce (pointwise)
+    ce_scale: float | None = None  # initial scale of a new segment-cosine head (default 20)
 
     def __post_init__(self) -> None:
         if self.mode not in ("supervised", "unsupervised", "reranker"):
@@ -118,6 +122,13 @@ class TrainConfig:
         if self.matryoshka_dims and self.mode == "unsupervised" and self.moco:
             raise ValueError("--matryoshka-dims is not supported with MoCo (its queue holds full-size keys): "
                              "use --in-batch")
+        if self.ce_head not in ("cls", "pooler", "segment-cosine"):  # issue 20
+            raise ValueError(f"ce_head must be cls, pooler or segment-cosine, got {self.ce_head!r}")
+        if self.ce_loss not in ("listwise", "bce"):
+            raise ValueError(f"ce_loss must be listwise or bce, got {self.ce_loss!r}")
+        if self.ce_scale is not None and self.ce_head != "segment-cosine":
+            raise ValueError("ce_scale is the initial scale of the segment-cosine head: use it with ce_head "
+                             "segment-cosine")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
         # issue 19: LoRA options only with --lora-r, and in range

@@ -13,7 +13,7 @@ from ..data.contriever import ContrieverPairs, CropConfig, corpus_tokens, make_c
 from ..data.examples import BeirExamples, ConcatExamples
 from ..data.training import TrainExample, as_pairs, read_tevatron
 from ..losses.infonce import InfoNCELoss
-from ..losses.listwise import ListwiseSoftmaxLoss
+from ..losses.listwise import ListwiseSoftmaxLoss, PointwiseBCELoss
 from ..losses.matryoshka import MatryoshkaLoss
 from ..losses.moco import MoCoLoss
 from ..modeling.cross_encoder import CrossEncoder
@@ -34,7 +34,8 @@ def load_model(cfg: TrainConfig) -> DualEncoder | CrossEncoder:
         import torch
 
         torch.manual_seed(cfg.seed)  # the fresh scoring head is initialised here
-        return CrossEncoder.from_pretrained(cfg.model, max_length=cfg.passage_max_length)
+        return CrossEncoder.from_pretrained(cfg.model, max_length=cfg.passage_max_length, head=cfg.ce_head,
+                                          head_scale=cfg.ce_scale)
     overrides = {k: getattr(cfg, k) for k in ("pooling", "normalize", "query_prefix", "passage_prefix",
                                                "query_max_length", "passage_max_length", "torch_dtype")
                  if getattr(cfg, k) is not None}
@@ -124,7 +125,8 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo | None = None, model: DualEnc
         collate = RerankCollator(model, examples, n_negatives=cfg.train_negatives, seed=cfg.seed,
                                  n_random=cfg.train_random_negatives)
         fingerprint = _fingerprint((e.query_id, e.query, [p.docid for p in e.positives + e.negatives]) for e in examples)
-        task = RerankTask(ListwiseSoftmaxLoss(1 + cfg.train_negatives + cfg.train_random_negatives))
+        group = 1 + cfg.train_negatives + cfg.train_random_negatives
+        task = RerankTask(PointwiseBCELoss(group) if cfg.ce_loss == "bce" else ListwiseSoftmaxLoss(group))
         n = len(examples)
     if sampler is None and cfg.batching == "b3":
         if cfg.mode == "unsupervised":

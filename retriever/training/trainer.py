@@ -44,14 +44,15 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 def parameter_groups(model: nn.Module, task: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases and norms; ``config.head_lr`` for parameters the checkpoint did not
-    hold (``model.fresh_parameters``, e.g. a cross-encoder's new scoring head), which at the encoder's small
-    learning rate stay near their random start for many steps."""
-    fresh = set(getattr(model, "fresh_parameters", ())) if config.head_lr else set()
+    hold (``model.fresh_parameters``, e.g. a cross-encoder's new scoring head or re-initialised pooler), which at
+    the encoder's small learning rate stay near their random start for many steps. Fresh parameters get no weight
+    decay (issue 20): decay would pull a head that starts at zero or at random back towards that start."""
+    fresh = set(getattr(model, "fresh_parameters", ()))
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in list(model.named_parameters()) + [(f"task.{n}", p) for n, p in task.named_parameters()]:
         if p.requires_grad:
-            no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-            groups.setdefault((name in fresh, no_decay), []).append(p)
+            no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name in fresh
+            groups.setdefault((bool(config.head_lr) and name in fresh, no_decay), []).append(p)
     return [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
              "lr": config.head_lr if is_fresh else config.lr}
             for (is_fresh, no_decay), params in sorted(groups.items())]
