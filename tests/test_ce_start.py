@@ -55,7 +55,7 @@ def test_segment_cosine_head_starts_as_the_scaled_cosine(tiny_model_dir):
         q, p = ce.segment.segment_means(hidden, inputs["input_ids"], inputs["attention_mask"])
         cos = F.cosine_similarity(q, p, dim=-1)
     got = torch.from_numpy(ce.score(queries, passages))
-    torch.testing.assert_close(got, SEGMENT_SCALE * cos + float(ce.model.classifier.bias), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, SEGMENT_SCALE * cos + float(ce.model.classifier.bias.detach()), rtol=1e-4, atol=1e-4)
 
 
 def test_pooler_head_reinitialises_the_pooler_and_trains_it_as_a_head(tiny_model_dir):
