@@ -133,7 +133,7 @@ def train_command(
     verbose: common.Verbose = False,
     # issue 19: LoRA adapters (peft)
     lora_r: Annotated[Optional[int], Opt("--lora-r", min=0, help="LoRA (Hu et al. 2021, via peft): freeze the "
-                                         "model, train rank-R adapters on its linear layers (0 = full "
+                                         "model, train rank-R adapters on linear layers (0 = full "
                                          "fine-tuning). model/ is then a PEFT adapter (adapter_config.json + "
                                          "adapter_model.safetensors) that retr index/eval/search load.")] = None,
     lora_alpha: Annotated[Optional[float], Opt("--lora-alpha", help="LoRA scale numerator: updates are "

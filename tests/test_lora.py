@@ -112,6 +112,14 @@ def test_adapter_directory_problems_are_one_line(qwen_dir, tmp_path):
     (tmp_path / "moved" / ADAPTER_CONFIG).write_text(json.dumps({**cfg, "base_model_name_or_path": "/nowhere/base"}))
     with pytest.raises(ModelLoadError, match="base_model_name_or_path '/nowhere/base' not found"):
         DualEncoder.from_pretrained(tmp_path / "moved")
+    # weights of fewer layers than the config names (peft would leave the others at their initial values)
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tmp_path / "a", tmp_path / "partial")
+    tensors = load_file(tmp_path / "partial" / ADAPTER_WEIGHTS)
+    save_file({k: v for k, v in tensors.items() if "layers.1." not in k}, tmp_path / "partial" / ADAPTER_WEIGHTS)
+    with pytest.raises(ModelLoadError, match="does not match adapter_config.json: .* missing"):
+        DualEncoder.from_pretrained(tmp_path / "partial")
     weights = tmp_path / "a" / ADAPTER_WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-7])  # truncated
     with pytest.raises(Exception, match=ADAPTER_WEIGHTS):
@@ -249,6 +257,8 @@ def test_train_lora_cli_then_eval_end_to_end(qwen_dir, tmp_path, capsys):
     (["--lora-r", "4", "--lora-alpha", "-1"], "--lora-alpha must be more than 0"),
     (["--lora-r", "-2"], "--lora-r"),
     (["--lora-r", "4", "--lora-target-modules", "no_such_layer"], "--lora-target-modules"),
+    (["--lora-dropout", "0.1"], "--lora-dropout needs --lora-r"),
+    (["--lora-r", "4", "--lora-target-modules", "q_proj,bogus"], "bogus match no module"),
 ])
 def test_bad_lora_options_are_one_line_errors(args, words, qwen_dir, tmp_path, capsys):
     data = write_beir(tmp_path / "d")

@@ -140,8 +140,10 @@ def load_with_adapter(loader: Any, path: str | os.PathLike, what: str, **kwargs:
         with _quiet():
             model = peft.PeftModel.from_pretrained(base, str(path), is_trainable=False)
     except Exception as e:  # a shape mismatch (another base model), a bad config value
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ModelLoadError(f"{path}: cannot load the LoRA adapter ({first[:200]})") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else type(e).__name__)
+        raise ModelLoadError(f"{path}: cannot load the LoRA adapter ({first[:240]})") from None
+    _check_adapter_keys(model, path)
     model.eval()
     return (model, info) if info is not None else model
 
@@ -184,6 +186,9 @@ def add_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> None:
                 wrapped = peft.get_peft_model(hf, config)
         except ValueError as e:  # no target module found / none given for an unknown architecture
             raise ValueError(f"--lora-target-modules: {str(e).splitlines()[0][:200]}") from None
+        unknown = _unmatched_targets(hf, settings.target_modules)
+        if unknown:  # peft adapts the names that match and ignores the rest: refuse a typo instead
+            raise ValueError(f"--lora-target-modules: {', '.join(unknown)} match no module of the model")
         if base_name:
             wrapped.peft_config["default"].base_model_name_or_path = str(Path(base_name).resolve()) \
                 if Path(base_name).is_dir() else base_name
@@ -192,6 +197,31 @@ def add_lora(model: nn.Module, settings: LoraSettings, seed: int = 0) -> None:
         if fresh:
             holder.fresh_parameters = tuple(n for n, p in holder.named_parameters()
                                             if p.requires_grad and _unwrapped_name(n) in fresh)
+
+
+def _unmatched_targets(model: nn.Module, names: list[str]) -> list[str]:
+    """Requested target names (module-name suffixes, as peft matches them) that no module of ``model`` has."""
+    if not names or names == ["all-linear"]:
+        return []
+    modules = [n for n, _ in model.named_modules()]
+    return [t for t in names if not any(n == t or n.endswith("." + t) for n in modules)]
+
+
+def _check_adapter_keys(model: nn.Module, path: str | os.PathLike) -> None:
+    """The adapter file must hold exactly the LoRA tensors its config makes (peft silently leaves missing ones at
+    their initial values and ignores extra ones): ``ModelLoadError`` naming what differs."""
+    from safetensors import safe_open
+
+    from .safe_load import ModelLoadError
+
+    with safe_open(str(Path(path) / ADAPTER_WEIGHTS), framework="pt") as fh:
+        stored = {k for k in fh.keys() if ".lora_" in k}
+    made = {n.replace(".default", "") for n, _ in model.named_parameters() if ".lora_" in n}
+    missing, extra = sorted(made - stored), sorted(stored - made)
+    if missing or extra:
+        what = f"{len(missing)} adapter tensors missing (e.g. {missing[0]})" if missing else \
+            f"{len(extra)} unexpected tensors (e.g. {extra[0]})"
+        raise ModelLoadError(f"{path}/{ADAPTER_WEIGHTS}: does not match adapter_config.json: {what}")
 
 
 def _targets(names: list[str]) -> Any:

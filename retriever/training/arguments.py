@@ -87,7 +87,7 @@ class TrainConfig:
     # issue 19: LoRA adapters through peft (retriever/modeling/lora.py); lora_r 0 = full fine-tuning
     lora_r: int = 0
     lora_alpha: float | None = None  # default 2 * lora_r
-    lora_dropout: float = 0.1
+    lora_dropout: float | None = None  # default 0.1
     lora_target_modules: list[str] = field(default_factory=list)  # [] = PEFT's default for the architecture
     merge_lora: bool = False  # also save OUTPUT/model-merged: the adapter folded into the base weights
     # issue 20: distillation from teacher scores (`retr score`); the scored file is the training data
@@ -138,7 +138,8 @@ class TrainConfig:
             raise ValueError(f"--lora-r must be at least 1 (0 = off), got {self.lora_r}")
         else:
             given = [flag for flag, on in (("--merge-lora", self.merge_lora), ("--lora-alpha", self.lora_alpha),
-                                           ("--lora-target-modules", self.lora_target_modules)) if on]
+                                           ("--lora-target-modules", self.lora_target_modules),
+                                           ("--lora-dropout", self.lora_dropout is not None)) if on]
             if given:
                 raise ValueError(f"{given[0]} needs --lora-r (the adapter rank)")
 
@@ -173,7 +174,8 @@ class TrainConfig:
         targets = self.lora_target_modules
         if isinstance(targets, str):  # a config file's "q_proj,v_proj"
             targets = [t for t in targets.replace(",", " ").split() if t]
-        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, list(targets))
+        dropout = 0.1 if self.lora_dropout is None else self.lora_dropout
+        return LoraSettings(self.lora_r, self.lora_alpha, dropout, list(targets))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
