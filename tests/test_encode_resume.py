@@ -101,11 +101,16 @@ def test_killed_torchrun_encode_resumes_per_rank(tmp_path, tiny_model_dir):
 
     _retr(["encode", "-m", tiny_model_dir, "-d", data, "-o", tmp_path / "ref", "--block-size", "8"])
     assert torchrun(tmp_path / "emb", {"RETR_KILL_AFTER_BLOCKS": "2"}, check=False).returncode != 0
+    # each rank kills itself after 2 blocks; torchrun then stops the other, which on a loaded machine may not
+    # have reached its own kill point yet: at least one rank has 16 rows done, the other 0..16
+    done = {}
     for rank in (0, 1):
-        work = tmp_path / "emb" / f".shard-0000{rank}-of-00002.partial"
-        assert json.loads((work / "progress.json").read_text())["done"] == 16
+        progress = tmp_path / "emb" / f".shard-0000{rank}-of-00002.partial" / "progress.json"
+        done[rank] = json.loads(progress.read_text())["done"] if progress.exists() else 0
+    assert max(done.values()) == 16 and all(d % 8 == 0 for d in done.values()), done
     proc = torchrun(tmp_path / "emb")
-    assert " ".join(proc.stderr.split()).count("resuming encoding at row") == 2
+    resumed = " ".join(proc.stderr.split()).count("resuming encoding at row")
+    assert sum(d > 0 for d in done.values()) <= resumed <= 2, (done, resumed)
     got, ids, _ = _vectors(tmp_path / "emb")
     ref, ref_ids, _ = _vectors(tmp_path / "ref")
     assert ids == ref_ids
