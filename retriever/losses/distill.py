@@ -21,12 +21,17 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class MarginMSELoss(nn.Module):
+class _TeacherScaled(nn.Module):
+    """A distillation loss whose teacher scores are divided by ``teacher_temperature`` (> 0)."""
+
     def __init__(self, teacher_temperature: float = 1.0):
         super().__init__()
         if teacher_temperature <= 0:
             raise ValueError("teacher temperature must be > 0")
         self.teacher_temperature = teacher_temperature
+
+
+class MarginMSELoss(_TeacherScaled):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """``student``, ``teacher`` [Q, G], column 0 the positive; mean over Q x (G - 1) margins."""
@@ -37,12 +42,7 @@ class MarginMSELoss(nn.Module):
         return F.mse_loss(s_margin, t_margin)
 
 
-class KLDistillLoss(nn.Module):
-    def __init__(self, teacher_temperature: float = 1.0):
-        super().__init__()
-        if teacher_temperature <= 0:
-            raise ValueError("teacher temperature must be > 0")
-        self.teacher_temperature = teacher_temperature
+class KLDistillLoss(_TeacherScaled):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """``student``, ``teacher`` [Q, G]; mean over Q of KL(teacher || student) over the group."""

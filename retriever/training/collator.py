@@ -47,6 +47,18 @@ def doc_key(docid: str) -> int:
     return int.from_bytes(hashlib.blake2b(docid.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
 
 
+def known_positive_keys(examples: Sequence[TrainExample], indices: Sequence[int], width: int,
+                        passage_ids: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The loss masks' inputs: ``positive_keys`` [Q, width] (-1 = padding), the keys of each query's judged
+    positives, and ``passage_keys`` [P] of the batch's passages (-2 for a passage without an id)."""
+    known = torch.full((len(indices), width), -1, dtype=torch.long)
+    for row, i in enumerate(indices):
+        keys = [doc_key(d) for d in examples[i].known_positives]
+        known[row, : len(keys)] = torch.tensor(keys, dtype=torch.long)
+    return {"positive_keys": known,
+            "passage_keys": torch.tensor([doc_key(d) if d else -2 for d in passage_ids], dtype=torch.long)}
+
+
 class SupervisedCollator:
     """Queries [B] and passages [B * (1 + n_negatives)], each query's positive first in its group; plus the keys
     that let the loss mask in-batch passages judged relevant to a query (``mask_known_positives``)."""
@@ -69,12 +81,7 @@ class SupervisedCollator:
         batch = {"queries": dict(self.model.query_encoder.tokenize(queries, is_query=True)),
                  "passages": dict(self.model.passage_tower.tokenize(passages, is_query=False))}
         if self.mask:
-            known = torch.full((len(indices), self.width), -1, dtype=torch.long)
-            for row, i in enumerate(indices):
-                keys = [doc_key(d) for d in self.examples[i].known_positives]
-                known[row, : len(keys)] = torch.tensor(keys, dtype=torch.long)
-            batch["positive_keys"] = known
-            batch["passage_keys"] = torch.tensor([doc_key(d) if d else -2 for d in ids], dtype=torch.long)
+            batch.update(known_positive_keys(self.examples, indices, self.width, ids))
         return batch
 
 

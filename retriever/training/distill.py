@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data.training import TrainExample
-from .collator import doc_key
+from .collator import known_positive_keys
 
 
 def pick_scored_group(examples: Sequence[TrainExample], i: int, epoch: int, n_negatives: int,
@@ -68,12 +68,7 @@ class DistillCollator:
             return batch
         batch["queries"] = dict(self.model.query_encoder.tokenize(queries, is_query=True))
         batch["passages"] = dict(self.model.passage_tower.tokenize(passages, is_query=False))
-        known = torch.full((len(indices), self.width), -1, dtype=torch.long)
-        for row, i in enumerate(indices):
-            keys = [doc_key(d) for d in self.examples[i].known_positives]
-            known[row, : len(keys)] = torch.tensor(keys, dtype=torch.long)
-        batch["positive_keys"] = known
-        batch["passage_keys"] = torch.tensor([doc_key(d) if d else -2 for d in ids], dtype=torch.long)
+        batch.update(known_positive_keys(self.examples, indices, self.width, ids))
         return batch
 
 
