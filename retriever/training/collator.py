@@ -96,7 +96,11 @@ def pad_token_ids(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
 
 
 class CropPairCollator:
-    """Contriever pairs: crop A as "queries", crop B as "passages" (the MoCo keys, or in-batch positives)."""
+    """Contriever pairs: crop A as "queries", crop B as "passages" (the MoCo keys, or in-batch positives).
+
+    ``stats``: the crops' token counts (without [CLS]/[SEP], after word deletion) over both sides of the batch,
+    min / max / mean, which the trainer logs to ``train_log.jsonl`` (``--ratio-min/--ratio-max``,
+    ``--deletion-prob`` and ``--chunking`` seen in the run's own record)."""
 
     def __init__(self, pairs, pad_id: int):
         self.pairs, self.pad_id = pairs, pad_id
@@ -104,7 +108,10 @@ class CropPairCollator:
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, Any]:
         self.pairs.set_epoch(epoch)
         a, b = zip(*(self.pairs[i] for i in indices))
-        return {"queries": pad_token_ids(a, self.pad_id), "passages": pad_token_ids(b, self.pad_id)}
+        lengths = [len(x) - 2 for x in a + b]
+        stats = {"crop_tokens_min": float(min(lengths)), "crop_tokens_max": float(max(lengths)),
+                 "crop_tokens_mean": sum(lengths) / len(lengths)}
+        return {"queries": pad_token_ids(a, self.pad_id), "passages": pad_token_ids(b, self.pad_id), "stats": stats}
 
 
 class RerankCollator:

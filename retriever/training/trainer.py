@@ -224,6 +224,7 @@ class Trainer:
                  cfg.batch_size, ", GradCache" if cfg.grad_cache else "",
                  f", {self.dist.world_size} ranks" if self.dist.enabled else "")
         t0, seen, losses, last_eval = time.perf_counter(), 0, [], {}
+        batch_stats: list[dict[str, float]] = []  # the collator's per-batch statistics (crop lengths), this window
         if self.eval_fn and cfg.eval_steps and self.global_step == 0:
             self._evaluate(logger)  # the start of the curve
         progress = _progress(self.total_steps, self.global_step, self.dist.is_main)
@@ -231,7 +232,9 @@ class Trainer:
             if self.global_step >= self.total_steps:
                 break
             local = local_slice(batch, self.dist.rank, self.dist.world_size)
-            losses.append(self.compute_gradients(self.collate(local, epoch)))
+            inputs = self.collate(local, epoch)
+            batch_stats.append(inputs.pop("stats", {}))  # rank 0 logs its own share's statistics
+            losses.append(self.compute_gradients(inputs))
             self.optimizer_step()
             self.global_step += 1
             self.epoch, self.next_batch = (epoch, b + 1)
@@ -241,8 +244,9 @@ class Trainer:
             if logger and (self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps):
                 rate = seen / (time.perf_counter() - t0)
                 logger.log(self.global_step, {"loss": sum(losses) / len(losses),
-                                              "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate})
-                losses = []
+                                              "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate},
+                           extra=window_stats(batch_stats))
+                losses, batch_stats = [], []
             if self.eval_fn and cfg.eval_steps and self.global_step % cfg.eval_steps == 0:
                 last_eval = self._evaluate(logger)
             if cfg.save_steps and self.global_step % cfg.save_steps == 0 and self.global_step < self.total_steps:
@@ -288,8 +292,19 @@ def _progress(total: int, start: int, enabled: bool):
     return tqdm(total=total, initial=start, desc="train", unit="step")
 
 
+def window_stats(per_batch: list[dict[str, float]]) -> dict[str, float]:
+    """Per-batch statistics over a logging window: ``*_min`` by min, ``*_max`` by max, others by mean."""
+    out: dict[str, float] = {}
+    for name in dict.fromkeys(k for d in per_batch for k in d):
+        values = [d[name] for d in per_batch if name in d]
+        out[name] = (min(values) if name.endswith("_min") else max(values) if name.endswith("_max")
+                     else sum(values) / len(values))
+    return out
+
+
 class _RunLogger:
-    """Log lines, a JSONL history (``train_log.jsonl``) and optionally TensorBoard."""
+    """Log lines, a JSONL history (``train_log.jsonl``) and optionally TensorBoard. ``extra`` values (batch
+    statistics) go to the history and TensorBoard, and to the console only under ``--verbose`` (80 columns)."""
 
     def __init__(self, output: Path, report_to: list[str]):
         output.mkdir(parents=True, exist_ok=True)
@@ -300,8 +315,11 @@ class _RunLogger:
 
             self.tb = SummaryWriter(str(output / "tensorboard"))
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, step: int, values: dict[str, float], extra: dict[str, float] | None = None) -> None:
         log.info("step %d  %s", step, "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        if extra:
+            log.debug("step %d  %s", step, "  ".join(f"{k} {v:.4g}" for k, v in extra.items()))
+            values = {**values, **extra}
         try:
             self.file.write(json.dumps({"step": step, **values}) + "\n")
             self.file.flush()
