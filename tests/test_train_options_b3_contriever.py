@@ -2,11 +2,12 @@
 
 B3: with ``--lr 0`` the model does not move, so every logged loss is InfoNCE of the starting model on the batch
 the trainer took; recomputed here from the mined clusters in the ``--b3-cache`` file, it shows which examples
-trained together (B3 batches, not random ones; whole clusters under ``--b3-clusters-per-batch``; each query's
-B3++ cluster negatives in its group). The cached graph statistics are recounted from the teacher's own
-embeddings (``--b3-teacher``, ``--b3-p``, ``--b3-m``, ``--b3-mutual-edges``, ``--b3-sibling-exclusion``), the
-clusters re-mined with the same settings (``--b3-algorithm``, ``--b3-cluster-size``, ``--b3-exact-k``), and a
-hand-edited cache file is what the next run trains on.
+trained together (B3 batches, not random ones; whole clusters; each query's B3++ cluster negatives in its
+group). The cached graph statistics are recounted from the teacher's own embeddings (``--b3-teacher``,
+``--b3-p``, ``--b3-m``, ``--b3-mutual-edges``, ``--b3-sibling-exclusion``), the clusters re-mined with the same
+settings (``--b3-algorithm``, ``--b3-cluster-size``, ``--b3-exact-k``), and a hand-edited cache file is what the
+next run trains on. ``--b3-clusters-per-batch`` changes no batch here (with exact K and batch = c x K, batches
+cut end to end are whole clusters anyway): it shows by refusing a cache edited to uneven clusters.
 
 Contriever: the number of steps of one epoch is the number of chunks (``--chunking``, ``--chunk-length``,
 counted here from the tokenizer); the crops' token counts logged in ``train_log.jsonl`` follow
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_bert, run_cli, write_beir
+from conftest import make_tiny_bert, one_line_error, run_cli, write_beir
 from retr.retriever.data.training import join_title_text
 from retr.retriever.losses.infonce import InfoNCELoss
 from retr.retriever.modeling import DualEncoder
@@ -158,9 +159,10 @@ def test_b3_mining_options_and_batches_are_the_cached_clusters(w):
 
 def test_b3_authors_options_whole_clusters_and_cluster_negatives(w):
     p, m, k = 2, 6, 5
-    log, _, cache = _b3(w, "b3-authors", "--b3-p", p, "--b3-m", m, "--b3-cluster-size", k, "--b3-exact-k",
-                        "--b3-clusters-per-batch", 2, "--batch-size", 10, "--b3-mutual-edges",
-                        "--b3-cluster-negatives", 2, "--train-negatives", 2, "--b3-sibling-exclusion")
+    args = ["--b3-p", p, "--b3-m", m, "--b3-cluster-size", k, "--b3-exact-k", "--b3-clusters-per-batch", 2,
+            "--batch-size", 10, "--b3-mutual-edges", "--b3-cluster-negatives", 2, "--train-negatives", 2,
+            "--b3-sibling-exclusion"]
+    log, mined, cache = _b3(w, "b3-authors", *args)
     q, emb = _teacher_embeddings(w)
     window = _windows(q, emb, p, m)
     # --b3-p/--b3-m: every example has m edges; --b3-mutual-edges: the reciprocated ones are what was kept
@@ -182,6 +184,14 @@ def test_b3_authors_options_whole_clusters_and_cluster_negatives(w):
     losses = [r["loss"] for r in log]
     assert losses == pytest.approx(_expected_losses(w, batches, negatives), rel=1e-4, abs=1e-5)
     assert losses != pytest.approx(_expected_losses(w, batches), rel=1e-3)  # the negatives were in the groups
+    # With exact K and batch = 2 x K, batches cut end to end are whole clusters too: what shows that
+    # --b3-clusters-per-batch reaches the sampler is its refusal of clusters of another size (a cache edited so)
+    cache["clusters"][1].append(cache["clusters"][0].pop())
+    mined.write_text(json.dumps(cache))
+    code, _, err = run_cli(["train", "-o", w["root"] / "b3-uneven", "-m", w["student"], "-d", w["data"], "--split",
+                            "train", "--batching", "b3", "--b3-teacher", w["teacher"], "--b3-cache", mined.parent,
+                            "--seed", "5", *map(str, args)], w["capsys"])  # the same cache key
+    assert code == 2 and "needs clusters of exactly 5" in one_line_error(err)
 
 
 # ---------- Contriever ----------
