@@ -156,3 +156,19 @@ def test_teacher_represents_a_multi_positive_example_by_its_mean_positive(tmp_pa
     np.testing.assert_allclose(emb["p"][1], each[1], rtol=1e-5, atol=1e-6)
     again = _teacher_embeddings(teacher, ["x"], [["y"]], str(tmp_path), {"k": 1})  # same key: from the cache
     np.testing.assert_array_equal(again["p"], emb["p"])
+
+
+def test_default_b3_cache_lives_under_retr_cache_dir(tmp_path, tiny_beir, tiny_model_dir, monkeypatch):
+    """Without --b3-cache the clusters go under $RETR_CACHE_DIR/b3 (like the corpus and token caches), not
+    into the user's ~/.cache."""
+    from retr.retriever.training.arguments import TrainConfig
+    from retr.retriever.training.driver import build_trainer
+
+    monkeypatch.setenv("RETR_CACHE_DIR", str(tmp_path / "root"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), train_data=[str(tiny_beir)],
+                      train_split="test", batch_size=4, max_steps=1, batching="b3", b3_teacher=str(tiny_model_dir),
+                      b3_p=1, b3_m=3, b3_cluster_size=2, pairs=True, save_steps=0)
+    build_trainer(cfg)
+    assert len(list((tmp_path / "root" / "b3").glob("b3-*.json"))) == 1
+    assert not (tmp_path / "xdg").exists()

@@ -239,6 +239,7 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     ``negatives`` holds the cluster negatives (example ids per example; empty unless b3_cluster_negatives)."""
     import os
 
+    from ..data.corpus import cache_root
     from .b3 import (B3BatchSampler, cached_mining, data_fingerprint, in_batch_negative_similarity, mine_b3,
                      size_histogram)
     from .distributed import barrier
@@ -249,7 +250,7 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     query_ids = [e.query_id for e in examples]  # pairs of one query are no negatives for each other
     sep = teacher.passage_tower.config.title_sep
     positives = [[p.joined(sep) for p in e.positives] for e in examples]
-    cache = cfg.b3_cache or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "retr", "b3")
+    cache = cfg.b3_cache or str(cache_root() / "b3")  # $RETR_CACHE_DIR like every other retr cache
     data_key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, ["\2".join(p) for p in positives])}
     settings = {k: v for k, v in b3.__dict__.items()  # issue 21 options only when set: earlier caches stay valid
                 if k not in ("mutual_edges", "exact_k", "cluster_negatives", "sibling_exclusion") or v}
