@@ -12,7 +12,8 @@ A suite is a YAML/JSON file::
       - {name: bm25+ce, retriever: bm25, rerank: {nfcorpus: out/ce-nf/model, default: out/ce-sf/model}}
 
 ``{dataset}`` in a path is replaced by the dataset's folder name, and a mapping picks the dataset's entry (or
-``default``); a set-up whose per-dataset model does not exist is skipped there (shown as "-").
+``default``); a set-up whose per-dataset model does not exist is skipped there (shown as "-"). A ``rerank``
+entry ``none`` runs the set-up on that dataset without a cross-encoder (e.g. a dataset with no training data).
 
 A top-level ``baseline: bm25`` marks the rows that differ significantly from that set-up (``suite_checks.py``);
 every row's per-query nDCG@10 and Judged@10 go to ``per_query/<setup>/<dataset>.tsv``.
@@ -66,6 +67,8 @@ class Setup:
             per_dataset = isinstance(value, dict) or "{dataset}" in str(value or "")
             if isinstance(value, dict):
                 value = value.get(dataset, value.get("default"))
+            if attr == "rerank" and value == "none":  # e.g. a pipeline row with no cross-encoder for this dataset
+                continue
             if isinstance(value, str):
                 value = value.replace("{dataset}", dataset)
             if per_dataset and (value is None or (value.startswith((".", "/", "out")) and not Path(value).exists())):

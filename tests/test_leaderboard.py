@@ -111,3 +111,16 @@ def test_per_dataset_mapping_without_default_skips_other_datasets(tmp_path):
     got = setup.resolve("scifact")
     assert got.rerank == str(ce) and got.options == {"rerank_top_k": 100, "precision": "bf16"}
     assert setup.resolve("arguana") is None  # no entry and no default: shown as "-", not reranked by another model
+
+
+def test_rerank_none_runs_the_first_stage_alone_on_that_dataset(tmp_path):
+    from retr.evaluation.leaderboard import Setup
+
+    ce = tmp_path / "ce-scifact"
+    ce.mkdir()
+    setup = Setup("pipeline", "hybrid", model="minilm", rerank={"scifact": str(ce), "arguana": "none"},
+                  options={"rerank_alpha": 0.8})
+    assert setup.resolve("scifact").rerank == str(ce)
+    got = setup.resolve("arguana")
+    assert got is not None and got.rerank is None and got.model == "minilm"
+    assert setup.resolve("nfcorpus") is None  # neither an entry nor a default
