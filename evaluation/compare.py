@@ -7,27 +7,43 @@ are kept: runs x judged queries x metrics floats (e.g. 5 runs x 7,000 queries x 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from retr.indexing.atomic import atomic_file
+from retr.retriever.data.errors import DataError
 from retr.retriever.data.trec import iter_trec_run_blocks
 from retr.retriever.hits import run_to_dict
 
 from .metrics import per_query_metrics
 from .significance import Comparison, compare_per_query
 
+log = logging.getLogger(__name__)
+
 MARK = "\u2020"  # dagger: significantly different from the baseline after Holm's correction
 
 
 def per_query_from_run_file(path: str | Path, qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str],
                             block_queries: int = 1024) -> dict[str, dict[str, float]]:
-    """{qid: {metric: score}} for every judged query of ``qrels`` (a query absent from the run scores 0)."""
-    out = {q: {m: 0.0 for m in metrics} for q, d in qrels.items() if d}
+    """{qid: {metric: score}} for every judged query of ``qrels`` (a query absent from the run scores 0).
+
+    Raises ``DataError`` when the run answers none of the judged queries (an empty file, or runs and qrels
+    of different splits or datasets: every score would be 0); logs a warning when it answers only some."""
+    judged_qids = [q for q, d in qrels.items() if d]
+    out = {q: {m: 0.0 for m in metrics} for q in judged_qids}
+    answered = 0
     for block in iter_trec_run_blocks(path, block_queries):
         judged = {q: qrels[q] for q in block if qrels.get(q)}
+        answered += len(judged)
         if judged:
             out.update(per_query_metrics(judged, run_to_dict({q: block[q] for q in judged}), metrics))
+    if not answered:
+        raise DataError(path, None, f"the run answers none of the {len(judged_qids)} judged queries of the qrels "
+                        "(empty run, or another split/dataset?)")
+    if answered < len(judged_qids):
+        log.warning("%s answers %d of %d judged queries; the other %d score 0", path, answered,
+                    len(judged_qids), len(judged_qids) - answered)
     return out
 
 

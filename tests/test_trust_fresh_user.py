@@ -1,0 +1,156 @@
+"""Issue 23, fresh-user check: what broke when `retr compare` and `retr audit` were fed bad or odd input.
+
+* a run file with a NaN score, a document listed twice for one query, or a non-integer rank: one line naming
+  file, line and field (exit 2), not a silently reordered or deduplicated run;
+* an empty run, or a run of another split/dataset: refused (it used to score 0 on every query and be marked
+  significantly worse), and a run answering only some judged queries is warned about;
+* `retr audit`: an evaluation item matched first nearly and later exactly was counted twice (share > 100%);
+  an empty training file gave a clean 0% report; the leaderboard overlap flag counted one of several evaluation
+  queries that share a text.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.stats import ttest_rel
+
+from conftest import one_line_error, run_cli, write_beir
+
+
+def _qrels(path: Path, n: int = 12) -> dict[str, dict[str, int]]:
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(n)}
+    path.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, j in qrels.items() for d in j))
+    return qrels
+
+
+def _run(path: Path, qids, relevant_first: bool, tag: str = "t") -> None:
+    with open(path, "w") as fh:
+        for q in qids:
+            docs = [f"d{q[1:]}", "x1", "x2"] if relevant_first else ["x1", "x2", f"d{q[1:]}"]
+            fh.writelines(f"{q} Q0 {d} {r + 1} {3 - r}.5 {tag}\n" for r, d in enumerate(docs))
+
+
+@pytest.mark.parametrize("line, field", [("q0 Q0 d0 1 nan t", '"score" must be a finite number'),
+                                         ("q0 Q0 d0 1 inf t", '"score" must be a finite number'),
+                                         ("q0 Q0 d0 one 2.0 t", '"rank" must be an integer'),
+                                         ("q0 Q0 d0 1 high t", '"score" must be a number')])
+def test_compare_names_the_bad_field(tmp_path, capsys, line, field):
+    _qrels(tmp_path / "qrels.tsv")
+    _run(tmp_path / "a.trec", [f"q{i}" for i in range(12)], True)
+    (tmp_path / "b.trec").write_text("q0 Q0 x1 2 1.0 t\n" + line + "\n")
+    code, _, err = run_cli(["compare", tmp_path / "a.trec", tmp_path / "b.trec", "--qrels", tmp_path / "qrels.tsv"],
+                           capsys)
+    assert code == 2 and one_line_error(err).endswith(f"b.trec:2: field {field}, got '{line.split()[3 if 'rank' in field else 4]}'")
+
+
+def test_duplicate_document_refused_in_both_readers(tmp_path):
+    from retr.retriever.data import DataError, read_trec_run
+    from retr.retriever.data.trec import iter_trec_run_blocks
+
+    path = tmp_path / "dup.trec"
+    path.write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.5 t\nq1 Q0 d1 3 1.0 t\nq2 Q0 d1 1 1.0 t\n")
+    for read in (read_trec_run, lambda p: list(iter_trec_run_blocks(p, 1))):
+        with pytest.raises(DataError, match="dup.trec:3: field \"docid\": 'd1' is listed twice for query 'q1'"):
+            read(path)
+    path.write_text("q1 Q0 d1 1 2.0 t\nq2 Q0 d1 1 2.0 t\n")  # the same document for two queries is fine
+    assert [h.docid for h in read_trec_run(path)["q2"]] == ["d1"]
+    assert len(list(iter_trec_run_blocks(path, 1))) == 2
+
+
+def test_empty_or_foreign_run_refused_partial_run_warned(tmp_path, capsys, caplog):
+    qrels = _qrels(tmp_path / "qrels.tsv")
+    qids = list(qrels)
+    _run(tmp_path / "base.trec", qids, True)
+    (tmp_path / "empty.trec").write_text("")
+    _run(tmp_path / "other.trec", [f"z{i}" for i in range(12)], True)  # another split: no judged query
+    for name in ("empty", "other"):
+        code, out, err = run_cli(["compare", tmp_path / "base.trec", tmp_path / f"{name}.trec", "--qrels",
+                                  tmp_path / "qrels.tsv"], capsys)
+        assert code == 2 and out == ""
+        assert one_line_error(err) == (f"error: {tmp_path / name}.trec: the run answers none of the 12 judged "
+                                       "queries of the qrels (empty run, or another split/dataset?)")
+    _run(tmp_path / "part.trec", qids[:4], True)
+    code, out, err = run_cli(["compare", tmp_path / "base.trec", tmp_path / "part.trec", "--qrels",
+                              tmp_path / "qrels.tsv", "-o", tmp_path / "c.json"], capsys)
+    assert code == 0, err
+    assert "answers 4 of 12 judged queries; the other 8 score 0" in caplog.text
+    row = json.loads((tmp_path / "c.json").read_text())["rows"][0]
+    assert row["mean"] == pytest.approx(4 / 12) and row["losses"] == 8 and row["wins"] == 0
+
+
+def test_compare_p_values_equal_scipy_on_its_per_query_file(tmp_path, capsys):
+    """The per-query TSV compare writes is what it tested: scipy's ttest_rel on it gives the reported p."""
+    qrels = _qrels(tmp_path / "qrels.tsv", 40)
+    rng = np.random.default_rng(3)
+    qids = list(qrels)
+    _run(tmp_path / "base.trec", qids, True)
+    with open(tmp_path / "mixed.trec", "w") as fh:  # relevant doc at rank 1, 2 or 3 at random
+        for q in qids:
+            docs = ["x1", "x2"]
+            docs.insert(int(rng.integers(0, 3)), f"d{q[1:]}")
+            fh.writelines(f"{q} Q0 {d} {r + 1} {3 - r} t\n" for r, d in enumerate(docs))
+    code, _, err = run_cli(["compare", tmp_path / "base.trec", tmp_path / "mixed.trec", "--qrels",
+                            tmp_path / "qrels.tsv", "-M", "nDCG@10", "-M", "MRR@10", "-o", tmp_path / "c.json",
+                            "--per-query", tmp_path / "pq.tsv", "--permutations", "2000"], capsys)
+    assert code == 0, err
+    rows = [ln.split("\t") for ln in (tmp_path / "pq.tsv").read_text().splitlines()[1:]]
+    rec = json.loads((tmp_path / "c.json").read_text())
+    for col, metric in ((2, "nDCG@10"), (3, "MRR@10")):
+        scores = {run: {r[0]: float(r[col]) for r in rows if r[1] == run} for run in ("base", "mixed")}
+        p = ttest_rel([scores["mixed"][q] for q in qids], [scores["base"][q] for q in qids]).pvalue
+        row = next(r for r in rec["rows"] if r["metric"] == metric)
+        assert row["p_t"] == pytest.approx(p, abs=1e-6) and row["p_t"] < 0.05
+        assert row["p_randomisation"] < 0.05  # the randomisation test agrees
+
+
+EVAL_Q = "does vitamin d supplementation reduce the risk of bone fractures in elderly women living at home"
+
+
+def test_audit_counts_an_item_once_when_matched_nearly_then_exactly(tmp_path, capsys):
+    pytest.importorskip("datasketch")
+    from retr.evaluation.audit import audit
+
+    ev = write_beir(tmp_path / "ev", docs=[("d1", "", "T cells and the immune system of mice and of men.")],
+                    queries=[("q1", EVAL_Q)], qrels=[("q1", "d1", 1)])
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"query": EVAL_Q.replace("women", "woman")}) + "\n"  # near first
+                     + json.dumps({"query": EVAL_Q.upper()}) + "\n")  # then exact
+    rep = audit([train], ev)
+    assert rep["queries"]["exact_ids"] == ["q1"] and rep["queries"]["near_ids"] == []
+    assert rep["queries"]["any"] == 1 and [e["match"] for e in rep["queries"]["examples"]] == ["exact"]
+    code, out, err = run_cli(["audit", "--train", train, "--eval", ev], capsys)
+    assert code == 0, err
+    assert "100.0%" in out and "200.0%" not in out
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_audit_refuses_empty_training_data(tmp_path, capsys, content):
+    ev = write_beir(tmp_path / "ev")
+    for name in ("empty.jsonl", "empty.txt"):
+        (tmp_path / name).write_text(content)
+        code, out, err = run_cli(["audit", "--train", tmp_path / name, "--eval", ev, "--exact-only"], capsys)
+        assert code == 2 and out == ""
+        assert one_line_error(err) == f"error: {tmp_path / name}: no queries or passages in the training data"
+
+
+def test_audit_query_of_wrong_type_names_the_field(tmp_path, capsys):
+    ev = write_beir(tmp_path / "ev")
+    (tmp_path / "t.jsonl").write_text(json.dumps({"query": "fine"}) + "\n" + json.dumps({"query": ["a"]}) + "\n")
+    code, _, err = run_cli(["audit", "--train", tmp_path / "t.jsonl", "--eval", ev, "--exact-only"], capsys)
+    assert code == 2 and one_line_error(err).endswith('t.jsonl:2: field "query" must be a string, got list')
+
+
+def test_leaderboard_overlap_counts_every_query_sharing_a_text(tmp_path):
+    from retr.evaluation.audit import training_overlap
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"query": "Is salt bad?"}) + "\n")
+    (run / "meta.json").write_text(json.dumps({"made_by": "retr train", "config": {"train_data": [str(train)]}}))
+    ds = SimpleNamespace(eval_queries={"a": "is salt bad", "b": "IS SALT BAD?!", "c": "is sugar bad"})
+    assert training_overlap([str(run / "model")], ds)["queries"] == 2
