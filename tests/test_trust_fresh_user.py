@@ -154,3 +154,38 @@ def test_leaderboard_overlap_counts_every_query_sharing_a_text(tmp_path):
     (run / "meta.json").write_text(json.dumps({"made_by": "retr train", "config": {"train_data": [str(train)]}}))
     ds = SimpleNamespace(eval_queries={"a": "is salt bad", "b": "IS SALT BAD?!", "c": "is sugar bad"})
     assert training_overlap([str(run / "model")], ds)["queries"] == 2
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("list.yaml", "baseline: [bm25]\nsetups:\n  - {name: bm25, retriever: bm25}\n",
+     "list.yaml: baseline ['bm25'] is not the name of a set-up (bm25)"),
+    ("broken.yaml", "baseline: bm25\nsetups:\n  - {name: bm25, retriever: bm25\n",
+     "broken.yaml:4: malformed YAML (expected ',' or '}', but got '<stream end>')"),
+    ("broken.json", '{"setups": [\n{"name": "bm25"},\n}', "broken.json:3: malformed JSON (Expecting value)"),
+    ("type.yaml", "setups:\n  - {name: m, model: minilm, index_type: hnsw, ef_search: abc}\n",
+     "type.yaml: setups[0] (m): ef_search must be an integer, got 'abc'"),
+    ("range.yaml", "setups:\n  - {name: b, retriever: bm25, rerank: x, rerank_alpha: {scifact: 2}}\n",
+     "range.yaml: setups[0] (b): rerank_alpha.scifact must be in [0.0, 1.0], got 2"),
+    ("choice.yaml", "setups:\n  - {name: h, retriever: hybrid, model: minilm, fusion: max}\n",
+     "choice.yaml: setups[0] (h): fusion must be one of rrf, weighted, got 'max'"),
+    ("kind.yaml", "setups:\n  - {name: b, retriever: bm25}\n  - {name: s, retriever: sparse}\n",
+     "kind.yaml: setups[1] (s): retriever must be one of dense, bm25, hybrid, got 'sparse'"),
+    ("tuning.yaml", "setups:\n  - {name: m, model: minilm, nprobe: 8}\n",
+     "tuning.yaml: setups[0] (m): nprobe needs index_type (an approximate index)"),
+])
+def test_bad_suite_refused_before_anything_runs(tmp_path, capsys, name, text, message):
+    ds = write_beir(tmp_path / "ds")
+    (tmp_path / name).write_text(text)
+    code, out, err = run_cli(["eval", "--suite", tmp_path / name, "-d", ds, "--output-dir", tmp_path / "out"],
+                             capsys)
+    assert code == 2 and one_line_error(err) == f"error: {tmp_path}/{message}"
+    assert not (tmp_path / "out").exists()  # refused before the first set-up ran
+
+
+def test_shipped_suite_passes_the_checks():
+    from retr.evaluation.leaderboard import load_baseline, load_suite
+
+    path = Path(__file__).parents[1] / "benchmarks" / "beir_suite.yaml"
+    setups = load_suite(path)
+    assert load_baseline(path, setups) == "bm25"
+    assert [s.options.get("rerank_alpha") for s in setups][-1] == 0.6
