@@ -189,3 +189,45 @@ def test_shipped_suite_passes_the_checks():
     setups = load_suite(path)
     assert load_baseline(path, setups) == "bm25"
     assert [s.options.get("rerank_alpha") for s in setups][-1] == 0.6
+
+
+def test_compare_drops_identical_ids_as_retr_eval(tmp_path, capsys):
+    """An ArguAna-like run from another tool ranks each query's own document first (unjudged): compare scores
+    it as retr eval would (dropped); --keep-identical-ids keeps it. A judged self hit is always kept."""
+    qrels = _qrels(tmp_path / "qrels.tsv", 20)
+    with open(tmp_path / "qrels.tsv", "a") as fh:
+        fh.write("q0\tq0\t1\n")  # q0's own document is judged relevant to it: kept either way
+    qrels["q0"]["q0"] = 1
+    with open(tmp_path / "self.trec", "w") as fh:
+        for q in qrels:
+            fh.writelines(f"{q} Q0 {d} {r + 1} {5 - r} t\n" for r, d in enumerate([q, "x1", f"d{q[1:]}", "x2"]))
+    _run(tmp_path / "base.trec", list(qrels), False)
+    from retr.evaluation.metrics import per_query_metrics
+
+    expected = {}
+    for keep in (False, True):
+        run = {q: {d: 5.0 - r for r, d in enumerate([q, "x1", f"d{q[1:]}", "x2"]) if keep or d != q or q == "q0"}
+               for q in qrels}
+        expected[keep] = per_query_metrics(qrels, run, ["nDCG@10"])
+        code, _, err = run_cli(["compare", tmp_path / "base.trec", tmp_path / "self.trec", "--qrels",
+                                tmp_path / "qrels.tsv", "--per-query", tmp_path / f"pq{keep}.tsv", "-o",
+                                tmp_path / f"c{keep}.json", *(["--keep-identical-ids"] if keep else [])], capsys)
+        assert code == 0, err
+        got = {r.split("\t")[0]: float(r.split("\t")[2]) for r in (tmp_path / f"pq{keep}.tsv").read_text()
+               .splitlines()[1:] if r.split("\t")[1] == "self"}
+        assert got == pytest.approx({q: v["nDCG@10"] for q, v in expected[keep].items()}, abs=1e-6)
+        assert json.loads((tmp_path / f"c{keep}.json").read_text())["ignore_identical_ids"] is (not keep)
+    assert expected[False]["q1"]["nDCG@10"] > expected[True]["q1"]["nDCG@10"]
+    assert expected[False]["q0"] == expected[True]["q0"]
+
+
+def test_audit_refuses_options_that_would_do_nothing(tmp_path, capsys):
+    ev = write_beir(tmp_path / "ev")
+    (tmp_path / "t.jsonl").write_text(json.dumps({"query": "does aspirin prevent heart attacks"}) + "\n")
+    for extra, message in ((["--exact-only", "--threshold", "0.5"], "--threshold does not apply with --exact-only"),
+                           (["--exact-only", "--num-perm", "64"], "--num-perm does not apply with --exact-only"),
+                           (["--train-split", "dev"], "--train-split does not apply without a BEIR folder in --train")):
+        code, out, err = run_cli(["audit", "--train", tmp_path / "t.jsonl", "--eval", ev, *extra], capsys)
+        assert code == 2 and out == "" and one_line_error(err) == f"error: retr audit: {message}"
+    code, out, err = run_cli(["audit", "--train", tmp_path / "t.jsonl", "--eval", ev, "--exact-only"], capsys)
+    assert code == 0 and "queries" in out  # the same call without them runs
