@@ -17,7 +17,7 @@ def _metric(value: list[str]) -> list[str]:
             _measure(m)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-    return value
+    return list(dict.fromkeys(value))  # issue 23: a metric given twice is tested (and Holm-counted) once
 
 
 def compare_command(

@@ -231,3 +231,21 @@ def test_audit_refuses_options_that_would_do_nothing(tmp_path, capsys):
         assert code == 2 and out == "" and one_line_error(err) == f"error: retr audit: {message}"
     code, out, err = run_cli(["audit", "--train", tmp_path / "t.jsonl", "--eval", ev, "--exact-only"], capsys)
     assert code == 0 and "queries" in out  # the same call without them runs
+
+
+def test_compare_refuses_cutoff_zero_one_path_twice_and_counts_a_metric_once(tmp_path, capsys):
+    _qrels(tmp_path / "qrels.tsv")
+    _run(tmp_path / "a.trec", [f"q{i}" for i in range(12)], True)
+    _run(tmp_path / "b.trec", [f"q{i}" for i in range(12)], False)
+    base = ["compare", tmp_path / "a.trec", tmp_path / "b.trec", "--qrels", tmp_path / "qrels.tsv"]
+    for metric in ("Judged@0", "nDCG@0"):  # Judged@0 used to divide by zero (traceback)
+        code, _, err = run_cli([*base, "-M", metric], capsys)
+        assert code == 2 and one_line_error(err).startswith(f"error: retr compare: --metric: unknown metric '{metric}'")
+    code, _, err = run_cli([*base, "-o", tmp_path / "x", "--per-query", tmp_path / "x"], capsys)
+    assert code == 2 and one_line_error(err) == (f"error: retr compare: --output and --per-query name the same "
+                                                 f"path {tmp_path / 'x'}")
+    assert not (tmp_path / "x").exists()
+    code, out, err = run_cli([*base, "-M", "nDCG@10", "-M", "nDCG@10", "-o", tmp_path / "c.json"], capsys)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "c.json").read_text())
+    assert rec["metrics"] == ["nDCG@10"] and len(rec["rows"]) == 1 and out.count("baseline a") == 1
