@@ -249,3 +249,24 @@ def test_compare_refuses_cutoff_zero_one_path_twice_and_counts_a_metric_once(tmp
     assert code == 0, err
     rec = json.loads((tmp_path / "c.json").read_text())
     assert rec["metrics"] == ["nDCG@10"] and len(rec["rows"]) == 1 and out.count("baseline a") == 1
+
+
+def test_output_to_a_pipe_or_device_is_refused_not_replaced(tmp_path, capsys):
+    """`-o /dev/null` as root used to replace the device with a regular file (the atomic write renames a temp
+    file over the target); a FIFO stands in for the device here."""
+    import os
+    import stat
+
+    _qrels(tmp_path / "qrels.tsv")
+    _run(tmp_path / "a.trec", [f"q{i}" for i in range(12)], True)
+    _run(tmp_path / "b.trec", [f"q{i}" for i in range(12)], False)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    code, out, err = run_cli(["compare", tmp_path / "a.trec", tmp_path / "b.trec", "--qrels", tmp_path / "qrels.tsv",
+                              "-o", fifo], capsys)
+    assert code == 2 and out == "" and "is not a regular file (a device or pipe)" in one_line_error(err)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still the pipe
+    ev = write_beir(tmp_path / "ev")
+    (tmp_path / "t.jsonl").write_text(json.dumps({"query": "does aspirin prevent heart attacks"}) + "\n")
+    code, out, err = run_cli(["audit", "--train", tmp_path / "t.jsonl", "--eval", ev, "-o", fifo], capsys)
+    assert code == 2 and "is not a regular file" in one_line_error(err) and stat.S_ISFIFO(os.stat(fifo).st_mode)
