@@ -270,3 +270,24 @@ def test_output_to_a_pipe_or_device_is_refused_not_replaced(tmp_path, capsys):
     (tmp_path / "t.jsonl").write_text(json.dumps({"query": "does aspirin prevent heart attacks"}) + "\n")
     code, out, err = run_cli(["audit", "--train", tmp_path / "t.jsonl", "--eval", ev, "-o", fifo], capsys)
     assert code == 2 and "is not a regular file" in one_line_error(err) and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_tiny_p_values_are_not_written_as_zero(tmp_path, capsys):
+    """ArguAna's p-values (~1e-29) were written to the JSON as 0.0 (rounded to 6 decimals)."""
+    qrels = _qrels(tmp_path / "qrels.tsv", 300)
+    rng = np.random.default_rng(0)
+    _run(tmp_path / "good.trec", list(qrels), True)
+    with open(tmp_path / "worse.trec", "w") as fh:  # relevant document at rank 2 or 3: consistently worse
+        for q in qrels:
+            docs = ["x1", f"d{q[1:]}", "x2"] if rng.random() < 0.5 else ["x1", "x2", f"d{q[1:]}"]
+            fh.writelines(f"{q} Q0 {d} {r + 1} {3 - r} t\n" for r, d in enumerate(docs))
+    code, _, err = run_cli(["compare", tmp_path / "good.trec", tmp_path / "worse.trec", "--qrels",
+                            tmp_path / "qrels.tsv", "-o", tmp_path / "c.json", "--per-query", tmp_path / "pq.tsv"],
+                           capsys)
+    assert code == 0, err
+    row = json.loads((tmp_path / "c.json").read_text())["rows"][0]
+    rows = [ln.split("\t") for ln in (tmp_path / "pq.tsv").read_text().splitlines()[1:]]
+    s = {run: [float(r[2]) for r in rows if r[1] == run] for run in ("good", "worse")}
+    p = ttest_rel(s["worse"], s["good"]).pvalue
+    assert 0 < p < 1e-20 and row["p_t"] == pytest.approx(p, rel=1e-3)
+    assert row["p_randomisation"] == pytest.approx(1 / 10_001)  # the randomisation floor
