@@ -11,9 +11,11 @@ from . import common
 
 
 def audit_command(
+    ctx: typer.Context,
     train: Annotated[list[Path], typer.Option("--train", help="Training data (repeatable): a BEIR folder (its "
-                                              "--train-split queries and judged passages), Tevatron/mined-"
-                                              "negatives/distillation JSONL, or a text file (a passage a line).")],
+                                              "--train-split queries and judged passages), a JSONL file (Tevatron, "
+                                              "mined negatives, distillation scores: a query and lists of passages "
+                                              "a line), or a text file (a passage a line).")],
     eval_data: Annotated[Path, typer.Option("--eval", exists=True, file_okay=False, help="BEIR folder evaluated: "
                                             "its --eval-split queries and judged-relevant passages.")],
     eval_split: Annotated[str, typer.Option("--eval-split", help="Qrels split of --eval.")] = "test",
@@ -37,6 +39,10 @@ def audit_command(
     for path in train:
         if not path.exists():
             raise typer.BadParameter(f"{path}: not found", param_hint="--train")
+    if exact_only:  # issue 23: options that would do nothing are refused, not ignored
+        common.reject_given(ctx, ("threshold", "num_perm"), "with --exact-only")
+    if not any(path.is_dir() for path in train):
+        common.reject_given(ctx, ("train_split",), "without a BEIR folder in --train")
     from rich.table import Table
 
     from retr.evaluation.audit import AuditConfig, audit

@@ -190,6 +190,13 @@ def check_outputs(files: dict[str, Path | None] | None = None,
     artifact already (then it is reused), writable."""
     from retr.indexing import outputs
 
+    # issue 23: two outputs at one path would silently overwrite each other
+    named = [(flag, Path(p).resolve()) for flag, p in (files or {}).items() if p is not None]
+    named += [(flag, Path(p).resolve()) for flag, (p, kind) in (dirs or {}).items() if p is not None and kind]
+    for i, (flag, path) in enumerate(named):
+        for other, path2 in named[:i]:
+            if path == path2:
+                raise typer.BadParameter(f"{other} and {flag} name the same path {path}")
     for flag, path in (files or {}).items():
         if path is not None:
             outputs.check_writable(path, is_dir=False, flag=flag)

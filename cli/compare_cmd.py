@@ -17,12 +17,13 @@ def _metric(value: list[str]) -> list[str]:
             _measure(m)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-    return value
+    return list(dict.fromkeys(value))  # issue 23: a metric given twice is tested (and Holm-counted) once
 
 
 def compare_command(
     runs: Annotated[list[Path], typer.Argument(help="TREC run files (qid Q0 docid rank score tag), two or more; "
-                                               "each named by its file stem.")],
+                                               "each named by its file stem. A judged query a run does not "
+                                               "answer scores 0.")],
     qrels: Annotated[Path, typer.Option("--qrels", help="Qrels: BEIR TSV (query-id corpus-id score) or TREC "
                                         "(qid iter docid grade).")],
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Run every other run is tested against "
@@ -40,6 +41,11 @@ def compare_command(
     per_query: Annotated[Optional[Path], typer.Option("--per-query", help="Write per-query scores (TSV: qid, "
                                                       "run, one column per metric) here.")] = None,
     verbose: common.Verbose = False,
+    # issue 23: score runs as retr eval does (BEIR's ignore_identical_ids)
+    ignore_identical_ids: Annotated[bool, typer.Option("--ignore-identical-ids/--keep-identical-ids",
+                                                       help="Drop hits whose doc id equals the query id, as retr "
+                                                       "eval and BEIR do (ArguAna, Quora), unless the qrels judge "
+                                                       "them relevant.")] = True,
 ) -> None:
     """Paired t-test (scipy) and paired randomisation test of every run against the baseline, per metric,
     Holm-Bonferroni-corrected across the compared runs."""
@@ -52,12 +58,14 @@ def compare_command(
     from retr.retriever.data.trec import read_qrels_file
 
     judged = read_qrels_file(qrels)
-    cmp, scores = compare_run_files(runs, judged, metric, baseline, permutations, seed, alpha)
+    cmp, scores = compare_run_files(runs, judged, metric, baseline, permutations, seed, alpha,
+                                    ignore_identical_ids)
     title = f"{qrels.parent.parent.name} {qrels.stem}" if qrels.parent.name == "qrels" else qrels.name
     for table in comparison_tables(cmp, title=title):
         common.console().print(table)
     if output:
         write_json_atomic(output, {**cmp.to_json(), "qrels": str(qrels), "runs": [str(r) for r in runs],
-                                   "permutations": permutations, "seed": seed})
+                                   "permutations": permutations, "seed": seed,
+                                   "ignore_identical_ids": ignore_identical_ids})
     if per_query:
         write_per_query_tsv(scores, metric, per_query)

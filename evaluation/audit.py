@@ -94,8 +94,10 @@ def iter_training_items(path: str | Path, split: str = "train") -> Iterator[Item
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(path, line_no, f"malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
+            if not isinstance(obj, dict) or "query" not in obj:
                 raise DataError(path, line_no, 'missing field "query"')
+            if not isinstance(obj["query"], str):
+                raise DataError(path, line_no, f'field "query" must be a string, got {type(obj["query"]).__name__}')
             yield Item("query", str(obj.get("query_id", f"line{line_no}")), obj["query"], src)
             for key in PASSAGE_KEYS:
                 items = obj.get(key, [])
@@ -171,8 +173,9 @@ def audit(train: Iterable[str | Path], eval_dir: str | Path, eval_split: str = "
     seen: set[tuple[str, int]] = set()
     counts = {"query": 0, "passage": 0}
     for source in train:
-        split = train_split
-        for item in iter_training_items(source, split):
+        n_items = 0
+        for item in iter_training_items(source, train_split):
+            n_items += 1
             counts[item.kind] += 1
             h = text_hash(item.text)
             if (item.kind, h) in seen:
@@ -181,6 +184,7 @@ def audit(train: Iterable[str | Path], eval_dir: str | Path, eval_split: str = "
             side = sides[item.kind]
             for eid in side.by_hash.get(h, ()):
                 side.exact.setdefault(eid, (item.source, item.id, item.text))
+                side.near.pop(eid, None)  # an exact match found after a near one: count it once, as exact
             if cfg.near and side.sigs:
                 m = _minhash(item.text, cfg)
                 for eid in side.lsh.query(m):
@@ -189,6 +193,8 @@ def audit(train: Iterable[str | Path], eval_dir: str | Path, eval_split: str = "
                     j = float(m.jaccard(side.sigs[eid]))
                     if j >= cfg.threshold:
                         side.near[eid] = (item.source, item.id, item.text, j)
+        if not n_items:  # a clean report on nothing read would read as "no overlap"
+            raise DataError(source, None, "no queries or passages in the training data")
     report: dict[str, Any] = {"eval": str(eval_dir), "eval_split": eval_split, "train": [str(t) for t in train],
                               "train_split": train_split, "threshold": cfg.threshold, "num_perm": cfg.num_perm,
                               "method": "exact: normalised-text hash; near: MinHash/LSH over character "
@@ -237,13 +243,15 @@ def training_overlap(models: Iterable[str | None], dataset) -> dict[str, Any] | 
             split = rec[1]
     if not sources and not missing:
         return None
-    eval_hashes = {text_hash(t): q for q, t in dataset.eval_queries.items()}
+    eval_hashes: dict[int, list[str]] = {}  # several evaluation queries may share one text
+    for q, t in dataset.eval_queries.items():
+        eval_hashes.setdefault(text_hash(t), []).append(q)
     hit: set[str] = set()
     for source in list(sources):
         try:
             for item in iter_training_items(source, split):
-                if item.kind == "query" and text_hash(item.text) in eval_hashes:
-                    hit.add(eval_hashes[text_hash(item.text)])
+                if item.kind == "query":
+                    hit.update(eval_hashes.get(text_hash(item.text), ()))
         except DataError:  # e.g. the recorded split is gone: say so rather than fail the leaderboard
             sources.remove(source)
             missing.append(source)

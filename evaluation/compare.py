@@ -7,27 +7,52 @@ are kept: runs x judged queries x metrics floats (e.g. 5 runs x 7,000 queries x 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from retr.indexing.atomic import atomic_file
+from retr.retriever.data.errors import DataError
 from retr.retriever.data.trec import iter_trec_run_blocks
 from retr.retriever.hits import run_to_dict
 
+from .evaluate import remove_identical_ids
 from .metrics import per_query_metrics
 from .significance import Comparison, compare_per_query
+
+log = logging.getLogger(__name__)
 
 MARK = "\u2020"  # dagger: significantly different from the baseline after Holm's correction
 
 
 def per_query_from_run_file(path: str | Path, qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str],
-                            block_queries: int = 1024) -> dict[str, dict[str, float]]:
-    """{qid: {metric: score}} for every judged query of ``qrels`` (a query absent from the run scores 0)."""
-    out = {q: {m: 0.0 for m in metrics} for q, d in qrels.items() if d}
+                            block_queries: int = 1024, ignore_identical_ids: bool = True
+                            ) -> dict[str, dict[str, float]]:
+    """{qid: {metric: score}} for every judged query of ``qrels`` (a query absent from the run scores 0).
+
+    ``ignore_identical_ids``: drop hits whose docid is the query id (unless judged relevant to it), as
+    ``retr eval`` does by default (BEIR's ``ignore_identical_ids``; ArguAna, Quora), so a run written by another
+    tool is scored as ``retr eval`` scores its own.
+
+    Raises ``DataError`` when the run answers none of the judged queries (an empty file, or runs and qrels
+    of different splits or datasets: every score would be 0); logs a warning when it answers only some."""
+    judged_qids = [q for q, d in qrels.items() if d]
+    out = {q: {m: 0.0 for m in metrics} for q in judged_qids}
+    answered = 0
     for block in iter_trec_run_blocks(path, block_queries):
         judged = {q: qrels[q] for q in block if qrels.get(q)}
+        answered += len(judged)
         if judged:
-            out.update(per_query_metrics(judged, run_to_dict({q: block[q] for q in judged}), metrics))
+            hits = {q: block[q] for q in judged}
+            if ignore_identical_ids:
+                hits, _ = remove_identical_ids(hits, None, qrels)
+            out.update(per_query_metrics(judged, run_to_dict(hits), metrics))
+    if not answered:
+        raise DataError(path, None, f"the run answers none of the {len(judged_qids)} judged queries of the qrels "
+                        "(empty run, or another split/dataset?)")
+    if answered < len(judged_qids):
+        log.warning("%s answers %d of %d judged queries; the other %d score 0", path, answered,
+                    len(judged_qids), len(judged_qids) - answered)
     return out
 
 
@@ -47,7 +72,8 @@ def run_names(paths: Sequence[Path]) -> list[str]:
 
 def compare_run_files(paths: Sequence[Path], qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str],
                       baseline: str | None = None, permutations: int = 10_000, seed: int = 0,
-                      alpha: float = 0.05) -> tuple[Comparison, dict[str, dict[str, dict[str, float]]]]:
+                      alpha: float = 0.05, ignore_identical_ids: bool = True
+                      ) -> tuple[Comparison, dict[str, dict[str, dict[str, float]]]]:
     """Compare TREC run files; ``baseline`` is a run's name (see ``run_names``) or path (default: the first).
 
     Returns the comparison and the per-query scores {run: {qid: {metric: score}}}."""
@@ -62,7 +88,8 @@ def compare_run_files(paths: Sequence[Path], qrels: Mapping[str, Mapping[str, in
         if not matches:
             raise ValueError(f"--baseline {baseline!r} is none of the runs ({', '.join(names)})")
         base = matches[0]
-    per_query = {n: per_query_from_run_file(p, qrels, metrics) for n, p in zip(names, paths)}
+    per_query = {n: per_query_from_run_file(p, qrels, metrics, ignore_identical_ids=ignore_identical_ids)
+                 for n, p in zip(names, paths)}
     return compare_per_query(per_query, base, metrics, permutations, seed, alpha), per_query
 
 

@@ -36,6 +36,7 @@ from retr.retriever.data.errors import DataError
 from retr.retriever.data.trec import write_trec_run
 
 from .evaluate import evaluate
+from .suite_schema import check_baseline, check_setup, read_suite_file
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,7 @@ class Setup:
 
 def load_suite(path: str | Path) -> list[Setup]:
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, None, "suite file not found")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
+    raw = read_suite_file(path)  # issue 23: malformed YAML/JSON named by file:line
     items = raw.get("setups") if isinstance(raw, dict) else None
     if not isinstance(items, list) or not items:
         raise DataError(path, None, 'expected a mapping with a non-empty list "setups"')
@@ -103,6 +96,7 @@ def load_suite(path: str | Path) -> list[Setup]:
         if item["name"] in names:
             raise DataError(path, None, f"setups[{i}]: duplicate name {item['name']!r}")
         names.add(item["name"])
+        check_setup(path, i, item)  # issue 23: retriever and option values checked before anything runs
         kind = item.get("retriever", "dense")
         if kind in ("dense", "hybrid") and not item.get("model"):
             raise DataError(path, None, f"setups[{i}] ({item['name']}): retriever {kind!r} needs a model")
@@ -116,18 +110,8 @@ def load_suite(path: str | Path) -> list[Setup]:
 
 def load_baseline(path: str | Path, setups: list[Setup]) -> str | None:
     """The suite's top-level ``baseline:`` (a set-up name), or None (issue 23)."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
-    baseline = raw.get("baseline") if isinstance(raw, dict) else None
-    if baseline is not None and baseline not in {s.name for s in setups}:
-        raise DataError(path, None, f"baseline {baseline!r} is not the name of a set-up")
-    return baseline
+    raw = read_suite_file(path)
+    return check_baseline(path, raw.get("baseline") if isinstance(raw, dict) else None, {s.name for s in setups})
 
 
 def expand_datasets(paths: list[Path]) -> list[Path]:

@@ -33,7 +33,7 @@ _CUT_FIRST = ("MRR@", "Judged@")  # computed on the run cut to its top k in trec
 
 def _measure(name: str):
     family, _, cutoff = name.partition("@")
-    if family not in _FAMILIES or not cutoff.isdigit():
+    if family not in _FAMILIES or not cutoff.isdigit() or int(cutoff) < 1:  # issue 23: @0 divided by zero
         raise ValueError(f"unknown metric {name!r} (use e.g. nDCG@10, Recall@100, MAP@100, MRR@10, P@10, Judged@10)")
     return _FAMILIES[family] @ int(cutoff)
 

@@ -64,8 +64,12 @@ class RetrMtebEncoder:
         return (a * b).sum(-1).float()
 
 
-def beir_task(folder: str | Path, split: str = "test", name: str | None = None):
-    """An mteb ``AbsTaskRetrieval`` over a local BEIR folder (no download): judged queries of ``split``."""
+def beir_task(folder: str | Path, split: str = "test", name: str | None = None, ignore_identical_ids: bool = True):
+    """An mteb ``AbsTaskRetrieval`` over a local BEIR folder (no download): judged queries of ``split``.
+
+    ``ignore_identical_ids`` (default True, as ``retr eval`` and BEIR; mteb's own default is False, set True
+    only on its ArguAna, Quora, ... tasks): drop retrieved documents whose id equals the query id, so the
+    task's numbers equal ``retr eval``'s (``--keep-identical-ids`` matches False)."""
     from datasets import Dataset
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
@@ -95,5 +99,6 @@ def beir_task(folder: str | Path, split: str = "test", name: str | None = None):
             self.data_loaded = True
 
     LocalBeirTask.metadata = metadata
+    LocalBeirTask.ignore_identical_ids = ignore_identical_ids  # issue 23: retr eval's default
     LocalBeirTask.__name__ = task_name
     return LocalBeirTask()

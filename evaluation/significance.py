@@ -101,7 +101,8 @@ class RowComparison:
         return self.p_holm < alpha
 
     def to_json(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        # 6 significant digits, not 6 decimals: a p of 6e-29 must not be written as 0.0 (issue 23)
+        return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass

@@ -99,6 +99,9 @@ def check_writable(path: str | os.PathLike, is_dir: bool, flag: str = "output") 
             raise OutputError(f"{p} is a file, not a directory; choose another {flag}")
         if not is_dir and p.is_dir():
             raise OutputError(f"{p} is a directory; {flag} names a file: give a file path")
+        if not is_dir and not p.is_file():  # issue 23: the atomic rename would replace a device (/dev/null) or pipe
+            raise OutputError(f"{p} is not a regular file (a device or pipe); {flag} is written by replacing the "
+                              "file: give a file path")
     anc = _nearest_existing(p.parent)
     if not anc.is_dir():
         raise OutputError(f"cannot create {p}: {anc} is a file, not a directory")

@@ -1,6 +1,7 @@
 """TREC run files (``qid Q0 docid rank score tag``), the format every IR evaluator reads."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from retr.indexing.atomic import atomic_file
@@ -15,26 +16,51 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "retr") -> None:
 
 
 def read_trec_run(path: str | Path) -> Run:
+    """The whole run {qid: [Hit, ...]} (each query's hits in rank order). Raises ``DataError`` naming the line
+    and field of a malformed line (see ``parse_run_line``) or a document listed twice for one query."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, "run file not found")
     run: Run = {}
+    seen: dict[str, set[str]] = {}
     with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            parts = line.split()
-            if len(parts) != 6:
-                raise DataError(path, line_no, f"expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}")
-            qid, _, docid, rank, score, _tag = parts
-            try:
-                hit = Hit(docid, float(score), int(rank))
-            except ValueError:
-                raise DataError(path, line_no, "rank must be an integer and score a number") from None
+            qid, hit = parse_run_line(path, line_no, line)
+            _check_new_doc(seen.setdefault(qid, set()), qid, hit.docid, path, line_no)
             run.setdefault(qid, []).append(hit)
     for hits in run.values():
         hits.sort(key=lambda h: h.rank)
     return run
+
+
+def parse_run_line(path: str | Path, line_no: int, line: str) -> tuple[str, Hit]:
+    """(qid, Hit) of one ``qid Q0 docid rank score tag`` line; ``DataError`` naming the field when the line
+    has not 6 fields, the rank is not an integer or the score not a finite number (trec_eval orders by score,
+    so a NaN score would put the document anywhere)."""
+    parts = line.split()
+    if len(parts) != 6:
+        raise DataError(path, line_no, f"expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}")
+    qid, _, docid, rank, score, _tag = parts
+    try:
+        rank_i = int(rank)
+    except ValueError:
+        raise DataError(path, line_no, f'field "rank" must be an integer, got {rank!r}') from None
+    try:
+        score_f = float(score)
+    except ValueError:
+        raise DataError(path, line_no, f'field "score" must be a number, got {score!r}') from None
+    if not math.isfinite(score_f):
+        raise DataError(path, line_no, f'field "score" must be a finite number, got {score!r}')
+    return qid, Hit(docid, score_f, rank_i)
+
+
+def _check_new_doc(seen: set[str], qid: str, docid: str, path: str | Path, line_no: int) -> None:
+    # trec_eval refuses a document ranked twice for one query; a dict-based evaluator would keep one score
+    if docid in seen:
+        raise DataError(path, line_no, f'field "docid": {docid!r} is listed twice for query {qid!r}')
+    seen.add(docid)
 
 
 class TrecRunWriter:
@@ -70,19 +96,12 @@ def iter_trec_run_blocks(path: str | Path, block_queries: int = 1024):
         raise DataError(path, None, "run file not found")
     block: Run = {}
     done: set[str] = set()
-    current = None
+    current, docs = None, set()
     with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            parts = line.split()
-            if len(parts) != 6:
-                raise DataError(path, line_no, f"expected 6 fields (qid Q0 docid rank score tag), got {len(parts)}")
-            qid, _, docid, rank, score, _tag = parts
-            try:
-                hit = Hit(docid, float(score), int(rank))
-            except ValueError:
-                raise DataError(path, line_no, "rank must be an integer and score a number") from None
+            qid, hit = parse_run_line(path, line_no, line)
             if qid != current:
                 if qid in done or qid in block:
                     raise DataError(path, line_no, f"query {qid!r} comes back after other queries: sort the run "
@@ -91,7 +110,8 @@ def iter_trec_run_blocks(path: str | Path, block_queries: int = 1024):
                     yield _sorted(block)
                     done.update(block)
                     block = {}
-                current = qid
+                current, docs = qid, set()
+            _check_new_doc(docs, qid, hit.docid, path, line_no)
             block.setdefault(qid, []).append(hit)
     if block:
         yield _sorted(block)
