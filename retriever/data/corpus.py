@@ -4,7 +4,9 @@ corpus of millions of passages costs page cache, not Python objects.
 ``load_corpus(path)`` parses and validates ``corpus.jsonl`` once (same ``file:line`` errors as every reader
 here), writes an Arrow IPC file (columns ``_id``, ``title``, ``text``, ``line``) plus a sorted table of 64-bit
 id hashes, and keeps them under ``$RETR_CACHE_DIR/corpora/<key>`` (default ``~/.cache/retr``), where the key
-is the file's path, size, mtime and inode. Later loads open the cache in milliseconds. When the cache root
+is the file's path, size, mtime, ctime and inode (the stat fields git trusts; ctime catches an edit that
+keeps the size and restores the mtime, e.g. ``cp -p``/``rsync -t``/``touch -r``). Later loads open the cache in
+milliseconds; a new store removes the stores of the same path it supersedes. When the cache root
 cannot be written, the store is built in a temp dir that is unlinked at once (the mapping stays valid).
 
 Memory: building holds one block of 65,536 rows as Python strings plus 24 bytes per document (hash, row,
@@ -234,7 +236,8 @@ def _hash_strings(items: Sequence[str], salt: str = "") -> str:
 
 def _stat_key(path: Path) -> tuple[str, dict]:
     st = path.stat()
-    ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+             "inode": st.st_ino}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20], ident
 
 
@@ -276,6 +279,7 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
                 shutil.rmtree(store, ignore_errors=True)  # stale (the file changed), damaged, or --rebuild
                 os.replace(work, store)
                 work = store
+                _remove_superseded(store, ident["path"])
                 corpus = _open_store(work, ident, path)
         else:
             corpus = _open_store(work, ident, path)
@@ -288,6 +292,20 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
     finally:
         if not persistent:
             shutil.rmtree(work, ignore_errors=True)  # open mappings stay valid after unlink
+
+
+def _remove_superseded(store: Path, source: str) -> None:
+    """Remove the other stores of ``source`` (built from earlier versions of the file): each holds a full copy of
+    the corpus. A process still reading one keeps its mapping (the pages live until it unmaps them)."""
+    for other in store.parent.iterdir():
+        if other == store or other.name.startswith(".") or not other.is_dir():
+            continue
+        try:
+            if json.loads((other / "meta.json").read_text()).get("source", {}).get("path") == source:
+                shutil.rmtree(other, ignore_errors=True)
+                log.debug("removed the superseded corpus store %s", other)
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 def _open_store(store: Path, ident: dict, source: Path) -> Corpus | None:
