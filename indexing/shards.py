@@ -295,6 +295,10 @@ def load_shards(root: str | Path, mmap: bool = True) -> tuple[StackedVectors, li
             verify_files(d, m["checksums"], full=("docids.json",))
     num = metas[0]["num_shards"]
     have = sorted(m["shard"] for m in metas)
+    splits = sorted({m["num_shards"] for m in metas})
+    if len(splits) > 1:  # e.g. a 1-shard and a 2-shard run written into one directory
+        raise ArtifactError(f"{root}: shards of different splits ({', '.join(f'of {n}' for n in splits)}: "
+                            f"{', '.join(d.name for d in dirs[:4])}); keep one run's shards per directory")
     if not single and (have != list(range(num)) or any(m["num_shards"] != num for m in metas)):
         missing = sorted(set(range(num)) - set(have))
         raise ArtifactError(f"{root}: incomplete shard set (have {len(have)} of {num}; missing {missing[:5]})")

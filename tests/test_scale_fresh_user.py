@@ -144,3 +144,23 @@ def test_malformed_line_deep_in_the_corpus_names_line_and_column(tmp_path, tiny_
     msg = one_error_line(err)
     assert code == 2 and msg.startswith(f"error: {data / 'corpus.jsonl'}:30: ") and detail in msg, msg
     assert not msg.endswith(" at)")
+
+
+def test_shards_of_two_splits_in_one_directory_are_named(tmp_path, tiny_model_dir, capsys):
+    """A 1-shard run and a 2-shard run written into one directory: the error said "incomplete shard set (have 2 of
+    1; missing [])"; it now names the two splits. One shard of a split run indexes alone and says which."""
+    from retr.indexing import FaissIndex
+    from retr.indexing.shards import load_shards, write_shard
+    from safety_util import make_shards
+
+    root = make_shards(tmp_path / "emb", tiny_model_dir)  # shard-00000-of-00001
+    vectors, ids, meta = load_shards(root)
+    write_shard(root, 1, 2, np.asarray(vectors)[4:], ids[4:], meta)
+    code, _, err = run_cli(["index", "--from-embeddings", root, "-o", tmp_path / "idx"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "shards of different splits (of 1, of 2" in line and "shard-00001-of-00002" in line, line
+    code, out, err = run_cli(["index", "--from-embeddings", root / "shard-00001-of-00002", "-o", tmp_path / "idx"],
+                             capsys)
+    assert code == 0, err
+    assert f"index of {len(ids) - 4} docs from shard-00001-of-00002" in " ".join(out.split())
+    assert FaissIndex.load(tmp_path / "idx").docids == ids[4:]
