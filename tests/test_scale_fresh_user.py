@@ -164,3 +164,26 @@ def test_shards_of_two_splits_in_one_directory_are_named(tmp_path, tiny_model_di
     assert code == 0, err
     assert f"index of {len(ids) - 4} docs from shard-00001-of-00002" in " ".join(out.split())
     assert FaissIndex.load(tmp_path / "idx").docids == ids[4:]
+
+
+def test_search_of_many_queries_shows_one_progress_bar(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Queries are searched in blocks; the progress bar used to restart for each block (one bar per 1,024
+    queries, each with its own ETA). Now one bar counts all queries; the run is the same as unblocked."""
+    import re
+
+    import retr.cli.search_cmd as search_cmd
+
+    data = write_beir(tmp_path / "d", queries=[(f"q{i}", f"aspirin statins word {i}") for i in range(7)],
+                      qrels=[("q0", "d1", 1)])
+    assert run_cli(["index", "-m", tiny_model_dir, "-d", data, "-o", tmp_path / "idx"], capsys)[0] == 0
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "--queries", data, "-k", "3", "--run",
+                            tmp_path / "whole.trec"], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(search_cmd, "QUERY_BLOCK", 3)
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "--queries", data, "-k", "3", "--run",
+                            tmp_path / "blocks.trec"], capsys)
+    assert code == 0, err
+    totals = {int(t) for t in re.findall(r"queries:[^\r\n|]*\|[^|]*\| *\d+/(\d+)", err)}
+    assert totals == {7}, err
+    assert (tmp_path / "blocks.trec").read_text() == (tmp_path / "whole.trec").read_text()
+    assert len((tmp_path / "blocks.trec").read_text().splitlines()) == 7 * 3
