@@ -187,3 +187,34 @@ def test_search_of_many_queries_shows_one_progress_bar(tmp_path, tiny_model_dir,
     assert totals == {7}, err
     assert (tmp_path / "blocks.trec").read_text() == (tmp_path / "whole.trec").read_text()
     assert len((tmp_path / "blocks.trec").read_text().splitlines()) == 7 * 3
+
+
+def test_eval_mmap_reads_the_index_through_a_memory_map(tmp_path, tiny_beir, tiny_model_dir, capsys, monkeypatch):
+    """`retr eval --mmap` (an index larger than RAM) gives the metrics and run of a normal eval, opening the
+    index memory-mapped; refused without an existing dense index."""
+    from retr.indexing import FaissIndex
+
+    idx = tmp_path / "idx"
+    assert run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", idx], capsys)[0] == 0
+    assert run_cli(["eval", "-d", tiny_beir, "-i", idx, "-o", tmp_path / "ram.json", "--run", tmp_path / "ram.trec"],
+                   capsys)[0] == 0
+    modes = []
+    real_load = FaissIndex.load.__func__
+
+    def spy(cls, directory, mmap=False, **kw):
+        modes.append(mmap)
+        return real_load(cls, directory, mmap=mmap, **kw)
+
+    monkeypatch.setattr(FaissIndex, "load", classmethod(spy))
+    code, _, err = run_cli(["eval", "-d", tiny_beir, "-i", idx, "--mmap", "-o", tmp_path / "map.json",
+                            "--run", tmp_path / "map.trec"], capsys)
+    assert code == 0, err
+    assert modes == [True]
+    ram, mapped = (json.loads((tmp_path / f"{n}.json").read_text())["metrics"] for n in ("ram", "map"))
+    assert mapped == ram and ram["nDCG@10"] > 0
+    assert (tmp_path / "map.trec").read_text() == (tmp_path / "ram.trec").read_text()
+    for args, why in ((["-i", tmp_path / "none", "-m", tiny_model_dir], "--mmap reads an existing --index"),
+                      (["-r", "bm25"], "--mmap")):
+        code, _, err = run_cli(["eval", "-d", tiny_beir, "--mmap", *args], capsys)
+        assert code == 2 and why in one_error_line(err), err
+    assert not (tmp_path / "none").exists()
