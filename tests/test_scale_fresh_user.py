@@ -134,7 +134,10 @@ def test_corpus_edited_in_place_with_size_and_mtime_kept_is_reread(tmp_path, tin
     ('{"_id": "x", "text": "a"} tail\n', "malformed JSON at column 27 (Extra data)"),
     ('{"_id": "x", "text": "\xff"}\n', "malformed JSON: not UTF-8 at byte 22"),  # written as latin-1
 ])
-def test_malformed_line_deep_in_the_corpus_names_line_and_column(tmp_path, tiny_model_dir, capsys, line, detail):
+def test_malformed_line_deep_in_the_corpus_names_line_and_column(tmp_path, tiny_model_dir, capsys, monkeypatch, line,
+                                                                 detail):
+    """... and the failed store build leaves no partial copy in the cache (it stayed 6 hours)."""
+    monkeypatch.setenv("RETR_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "d"
     data.mkdir()
     lines = [json.dumps({"_id": f"p{i}", "text": f"passage {i}"}) + "\n" for i in range(40)]
@@ -144,6 +147,29 @@ def test_malformed_line_deep_in_the_corpus_names_line_and_column(tmp_path, tiny_
     msg = one_error_line(err)
     assert code == 2 and msg.startswith(f"error: {data / 'corpus.jsonl'}:30: ") and detail in msg, msg
     assert not msg.endswith(" at)")
+    assert [p.name for p in (tmp_path / "cache" / "corpora").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_full_cache_disk_while_building_the_corpus_store(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """pyarrow's "[Errno 28] Error writing bytes to file" named no path and left the partial store behind."""
+    import retr.retriever.data.corpus as corpus_mod
+
+    monkeypatch.setenv("RETR_CACHE_DIR", str(tmp_path / "cache"))
+    real = corpus_mod._build_store
+
+    def fill_up(path, out, ident):
+        (out / "corpus.arrow").write_bytes(b"x" * 4096)  # partway through, as pyarrow words a full disk:
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(corpus_mod, "_build_store", fill_up)
+    data = write_beir(tmp_path / "d")
+    code, _, err = run_cli(["encode", "-m", tiny_model_dir, "-d", data, "-o", tmp_path / "emb"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and f"cannot write the corpus store under {tmp_path / 'cache' / 'corpora'}: no space left on " \
+        "device" in line and "RETR_CACHE_DIR" in line, line
+    assert [p.name for p in (tmp_path / "cache" / "corpora").iterdir()] == []
+    monkeypatch.setattr(corpus_mod, "_build_store", real)
+    assert len(load_corpus(data / "corpus.jsonl")) == len(DOCS)  # space again: built and cached
 
 
 def test_shards_of_two_splits_in_one_directory_are_named(tmp_path, tiny_model_dir, capsys):

@@ -19,6 +19,7 @@ not build a hash table of every id at open time, hence the sorted hash array.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -34,6 +35,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 from filelock import FileLock
+
+from retr.indexing.errors import OutputError, describe_errno, write_errno
 
 from .errors import DataError
 
@@ -267,7 +270,15 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
         work, persistent = Path(tempfile.mkdtemp(prefix="retr-corpus-")), False
     t0 = time.perf_counter()
     try:
-        _build_store(path, work, ident)
+        try:
+            _build_store(path, work, ident)
+        except BaseException as e:  # a bad line, a full disk, Ctrl-C: no partial copy left for hours
+            shutil.rmtree(work, ignore_errors=True)
+            code = None if isinstance(e, DataError) else write_errno(e)
+            if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise OutputError(f"cannot write the corpus store under {work.parent}: {describe_errno(code)} (it "
+                                  f"needs about the size of {path.name}; set RETR_CACHE_DIR to another disk)") from None
+            raise
         if persistent:
             # Publishing is serialised (e.g. two torchrun ranks building at once): without the lock, one
             # process could delete as "stale" the store another one had just renamed into place.
