@@ -48,6 +48,11 @@ def encode_command(
     num_shards = num_shards if num_shards is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"--shard must be in 0..{num_shards - 1} and --num-shards >= 1 (got {shard} of {num_shards})")
+    name = shard_name(shard, num_shards)
+    final = output / name
+    # one writer per shard, from before its work dir is touched (a second `retr encode` of the same shard used
+    # to resume the first one's work dir while it was being written and fail with a wrong message)
+    common.claim_output(final, "shard", flag="--output")
     corpus = load_corpus(data / "corpus.jsonl" if data.is_dir() else data)
     start, end = shard_range(len(corpus), shard, num_shards)
     encoder = DualEncoder.from_pretrained(model, **common.encoder_overrides(
@@ -59,8 +64,6 @@ def encode_command(
 
         if torch.cuda.is_available():
             encoder.to(f"cuda:{int(os.environ['LOCAL_RANK'])}")
-    name = shard_name(shard, num_shards)
-    final = output / name
     key = encoding_key(encoder, corpus, start, end, block_size, batch_size)
     if (final / "meta.json").exists() and read_json(final / "meta.json").get("encoding") == key:
         common.console().print(f"{final} is already encoded with these settings ({end - start} embeddings)")

@@ -62,6 +62,9 @@ def eval_command(
     torch_dtype: common.TorchDtype = None,
     verbose: common.Verbose = False,
     backend: common.Backend = "torch",  # issue 22: ONNX Runtime / OpenVINO encoding
+    # issue 16: evaluate on an existing dense index larger than RAM (pages read from the page cache)
+    mmap: Annotated[bool, typer.Option("--mmap", help="Memory-map an existing dense --index instead of reading it "
+                                       "into RAM (for indexes larger than memory; slower on a cold cache).")] = False,
 ) -> None:
     common.setup_logging(verbose)
     leaderboard = suite is not None or len(data) > 1 or not (data[0] / "corpus.jsonl").exists()
@@ -103,10 +106,12 @@ def eval_command(
     log.info("%s: %d docs, %d judged %s queries", dataset.name, len(dataset.corpus), len(dataset.qrels), split)
     overrides = common.encoder_overrides(pooling, normalize, query_prefix, passage_prefix, query_max_length,
                                          passage_max_length, dim, query_instruction, task, torch_dtype)
+    if mmap and (index is None or not (index / "meta.json").exists()):
+        raise typer.BadParameter("--mmap reads an existing --index; build it first (`retr index`)")
     retriever = build_retriever(retriever_kind, dataset.corpus, model=model, index_dir=index, bm25_index=bm25_index,
                                 fusion=fusion, alpha=alpha, rrf_k=rrf_k, k1=k1, b=b, rerank=rerank,
                                 rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha, batch_size=batch_size,
-                                precision=precision, backend=backend, **overrides)
+                                precision=precision, backend=backend, mmap=mmap, **overrides)
     tag = Path(str(retriever.name)).name.replace(" ", "_") or "retr"
     result = evaluate(retriever, dataset, k=k, ignore_identical_ids=ignore_identical_ids, threads=threads,
                       run_path=run, run_tag=tag, keep_run=False)
@@ -127,7 +132,7 @@ def _reject_unused(ctx: typer.Context, leaderboard: bool, suite: bool, kind: str
     """Refuse options that would do nothing with this retriever or run (one line, before any work)."""
     if leaderboard:  # each set-up of the run brings its own retriever settings; results go to --output-dir
         single_only = ("index", "bm25_index", "output", "run", "batch_size", "precision", "allow_missing_docs",
-                       "ignore_identical_ids", *common.ENCODER_OPTIONS, "backend")
+                       "ignore_identical_ids", *common.ENCODER_OPTIONS, "backend", "mmap")
         per_setup = ("model", "retriever_kind", "rerank", *BM25_OPTIONS, *HYBRID_OPTIONS, "rerank_top_k", "rerank_alpha")
         common.reject_given(ctx, single_only, "to a leaderboard run (--suite or several datasets)")
         if suite:
@@ -139,7 +144,7 @@ def _reject_unused(ctx: typer.Context, leaderboard: bool, suite: bool, kind: str
     if kind == "dense":
         common.reject_given(ctx, ("bm25_index", *BM25_OPTIONS, *HYBRID_OPTIONS), "to --retriever dense")
     elif kind == "bm25":
-        unused = (*ENCODING_OPTIONS, *HYBRID_OPTIONS, *(() if rerank else ("precision",)))  # precision: reranker's
+        unused = (*ENCODING_OPTIONS, *HYBRID_OPTIONS, *(() if rerank else ("precision",)), "mmap")  # precision: reranker's
         common.reject_given(ctx, unused, "to --retriever bm25")
     else:
         common.reject_given(ctx, ("rrf_k",) if fusion == "weighted" else ("alpha",), f"to --fusion {fusion}")

@@ -85,8 +85,11 @@ def index_command(
         index = FaissIndex.build(vectors, ids, spec, meta={k: v for k, v in meta.items()
                                                            if k not in ("num_shards", "encoding")}, show_progress=True)
         index.save(output)
+        source = f"{meta.get('num_shards')} shard(s)"
+        if (from_embeddings / "meta.json").exists():  # one shard directory of a split run
+            source = from_embeddings.name
         common.console().print(f"[green]wrote[/green] {output}: {index.meta['factory']} index of {len(ids)} docs "
-                               f"from {meta.get('num_shards')} shard(s)")
+                               f"from {source}")
         return
     if data is None or output is None or (model is None and not bm25 and not append):
         raise typer.BadParameter("--data, --output and (unless --bm25) --model are required (see `retr index --help`)")

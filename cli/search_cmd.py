@@ -61,11 +61,16 @@ def search_command(
     search = open_searcher(SearchSetup(
         index=index, model=model, mmap=mmap, ef_search=ef_search, nprobe=nprobe, rescore=rescore, k1=k1, b=b,
         fusion=fusion, alpha=alpha, rrf_k=rrf_k, rerank=rerank, rerank_top_k=rerank_top_k, rerank_alpha=rerank_alpha,
-        corpus=corpus, precision=precision, batch_size=batch_size,
+        corpus=corpus, precision=precision, batch_size=batch_size, show_progress=len(qmap) <= QUERY_BLOCK,
         encoder_overrides=common.encoder_overrides(torch_dtype=torch_dtype), backend=backend)).batch_search
     qids = list(qmap)
     shown: dict = {}
     with contextlib.ExitStack() as stack:  # run and JSON written block by block, renamed into place at the end
+        bar = None
+        if len(qids) > QUERY_BLOCK:  # one bar (rate, ETA) for all blocks, not one bar per block
+            from tqdm.auto import tqdm
+
+            bar = stack.enter_context(tqdm(total=len(qids), desc="queries", unit="query"))
         writer = stack.enter_context(TrecRunWriter(run, tag="retr")) if run else None
         json_out = stack.enter_context(atomic_file(output)) if output else None
         if json_out is not None:
@@ -80,6 +85,8 @@ def search_command(
                                         for q in block if q in results) + ("," if s + QUERY_BLOCK < len(qids) else ""))
             if len(qmap) <= 5:
                 shown.update(results)
+            if bar is not None:
+                bar.update(len(block))
         if json_out is not None:
             json_out.write("\n}\n")
     if len(qmap) <= 5:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from retr.retriever.data.errors import DataError
+from retr.retriever.data.errors import DataError, malformed_json
 
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+")
@@ -93,7 +93,7 @@ def iter_training_items(path: str | Path, split: str = "train") -> Iterator[Item
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(path, line_no, f"malformed JSON ({e.msg})") from None
+                raise DataError(path, line_no, malformed_json(e)) from None
             if not isinstance(obj, dict) or "query" not in obj:
                 raise DataError(path, line_no, 'missing field "query"')
             if not isinstance(obj["query"], str):

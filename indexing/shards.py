@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .atomic import ArtifactError, atomic_dir, read_json, write_json_atomic
+from .errors import OutputError, describe_errno
 from .validate import check_fields, check_id_list, file_digest, verify_files
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,34 @@ def shard_range(n: int, shard: int, num_shards: int) -> tuple[int, int]:
     base, extra = divmod(n, num_shards)
     start = shard * base + min(shard, extra)
     return start, start + base + (1 if shard < extra else 0)
+
+
+def reserve_npy(path: str | os.PathLike, shape: tuple[int, int], array: np.memmap | None = None) -> np.memmap:
+    """A new float32 ``.npy`` memory map of ``shape`` (or the open ``array`` of ``path``) with its disk blocks
+    reserved.
+
+    ``open_memmap`` makes a sparse file, and writing through a memory map into a sparse file on a full
+    filesystem kills the process with SIGBUS (no error, no clean-up). Reserving the blocks first
+    (``posix_fallocate``; glibc writes them where the filesystem cannot) turns a full disk into an
+    ``OutputError`` naming the file, before anything is encoded. Memory: none (the map is lazy).
+
+    Raises ``OutputError`` (one line: path, errno text, bytes needed); a file it created is removed."""
+    path = Path(path)
+    created = array is None
+    if array is None:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    size = int(array.offset) + array.nbytes
+    if array.nbytes and hasattr(os, "posix_fallocate"):  # not on macOS/Windows: the map stays sparse there
+        try:
+            with open(path, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, size)
+        except OSError as e:
+            del array
+            if created:
+                path.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {path}: {describe_errno(e.errno or 0)} ({shape[0]} x {shape[1]} "
+                              f"float32 vectors need {size / 2**20:,.1f} MiB)") from None
+    return array
 
 
 def drop_pages(array: np.ndarray, start: int, end: int) -> None:
@@ -84,14 +113,21 @@ class PartialEmbeddings:
                 if state.get("key") != key or self.vectors.shape != (rows, dim) or self.vectors.dtype != np.float32:
                     log.warning("%s holds another encoding (settings changed); starting over", self.dir)
                     state = None
+                else:  # reserved already unless an older retr made it sparse; a full disk keeps the progress
+                    self.vectors = reserve_npy(self.dir / EMBEDDINGS_FILE, (rows, dim), self.vectors)
+            except OutputError:
+                raise
             except (ArtifactError, OSError, ValueError) as e:
                 log.warning("%s is damaged (%s); starting over", self.dir, e)
                 state = None
         if state is None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir(parents=True)
-            self.vectors = np.lib.format.open_memmap(self.dir / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
-                                                     shape=(rows, dim))
+            try:
+                self.vectors = reserve_npy(self.dir / EMBEDDINGS_FILE, (rows, dim))
+            except OutputError:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise
             self._save_progress()
         else:
             self.done = int(state["done"])
@@ -220,7 +256,7 @@ class StackedVectors:
 
     def save_npy(self, path: str | os.PathLike, block: int = 65_536) -> None:
         """Write the stacked rows as one .npy file, block by block."""
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=self.shape)
+        out = reserve_npy(path, self.shape)
         for s, rows in self.blocks(block):
             out[s:s + len(rows)] = rows
             out.flush()
@@ -259,6 +295,10 @@ def load_shards(root: str | Path, mmap: bool = True) -> tuple[StackedVectors, li
             verify_files(d, m["checksums"], full=("docids.json",))
     num = metas[0]["num_shards"]
     have = sorted(m["shard"] for m in metas)
+    splits = sorted({m["num_shards"] for m in metas})
+    if len(splits) > 1:  # e.g. a 1-shard and a 2-shard run written into one directory
+        raise ArtifactError(f"{root}: shards of different splits ({', '.join(f'of {n}' for n in splits)}: "
+                            f"{', '.join(d.name for d in dirs[:4])}); keep one run's shards per directory")
     if not single and (have != list(range(num)) or any(m["num_shards"] != num for m in metas)):
         missing = sorted(set(range(num)) - set(have))
         raise ArtifactError(f"{root}: incomplete shard set (have {len(have)} of {num}; missing {missing[:5]})")

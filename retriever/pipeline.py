@@ -18,12 +18,13 @@ log = logging.getLogger(__name__)
 
 def dense_retriever_for(corpus: Corpus, model: str | DualEncoder | None = None,
                         index_dir: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "auto",
-                        backend: str = "torch", **encoder_overrides: Any) -> DenseRetriever:
-    """Open ``index_dir`` when it exists (checking it indexes ``corpus``), else encode and index the corpus.
+                        backend: str = "torch", mmap: bool = False, **encoder_overrides: Any) -> DenseRetriever:
+    """Open ``index_dir`` when it exists (checking it indexes ``corpus``; ``mmap``: memory-mapped, so RAM does
+    not grow with the index), else encode and index the corpus.
     ``precision`` is the inference autocast (auto = fp16 on CUDA, fp32 on CPU; bf16 is faster on recent CPUs);
     ``backend`` torch | onnx | openvino (``DualEncoder.set_backend``)."""
     if index_dir is not None and (Path(index_dir) / "meta.json").exists():
-        retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, **encoder_overrides)
+        retriever = DenseRetriever.load(index_dir, model=model, batch_size=batch_size, mmap=mmap, **encoder_overrides)
         retriever.encoder.set_precision(precision)
         retriever.encoder.set_backend(backend, precision)
         check_built_from(retriever.index.meta, corpus.fingerprint, index_dir)
@@ -54,11 +55,12 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
                     fusion: str = "rrf", alpha: float = 0.5, rrf_k: int = 60, k1: float = 0.9, b: float = 0.4,
                     rerank: str | None = None, rerank_top_k: int = 100, rerank_batch_size: int = 32,
                     rerank_alpha: float | None = None, batch_size: int = 64, precision: str = "auto",
-                    backend: str = "torch", **encoder_overrides: Any):
-    """``dense`` | ``bm25`` | ``hybrid`` first stage over ``corpus``, optionally followed by a cross-encoder."""
+                    backend: str = "torch", mmap: bool = False, **encoder_overrides: Any):
+    """``dense`` | ``bm25`` | ``hybrid`` first stage over ``corpus``, optionally followed by a cross-encoder
+    (``mmap``: memory-map an existing dense index)."""
     if kind == "dense":
         retriever = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
-                                        precision=precision, backend=backend, **encoder_overrides)
+                                        precision=precision, backend=backend, mmap=mmap, **encoder_overrides)
     elif kind in ("bm25", "hybrid"):
         from .bm25 import BM25Retriever
 
@@ -69,7 +71,7 @@ def build_retriever(kind: str, corpus: Corpus, model: str | DualEncoder | None =
             from .hybrid import HybridRetriever
 
             dense = dense_retriever_for(corpus, model=model, index_dir=index_dir, batch_size=batch_size,
-                                        precision=precision, backend=backend, **encoder_overrides)
+                                        precision=precision, backend=backend, mmap=mmap, **encoder_overrides)
             retriever = HybridRetriever(sparse, dense, method=fusion, alpha=alpha, rrf_k=rrf_k)
     else:
         raise ValueError(f"unknown retriever {kind!r} (use dense, bm25 or hybrid)")

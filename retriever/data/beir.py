@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .corpus import Corpus, join_title_text, load_corpus
-from .errors import DataError
+from .errors import DataError, malformed_json
 
 BOM = b"\xef\xbb\xbf"
 _WHITESPACE = re.compile(r"\s")
@@ -58,8 +58,7 @@ def read_jsonl(path: Path, required: tuple[str, ...], kind: str, hasher=None):
             try:
                 obj = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                msg = getattr(e, "msg", None) or str(e).split(":")[0]
-                raise DataError(path, line_no, f"malformed JSON ({msg})") from None
+                raise DataError(path, line_no, malformed_json(e)) from None
             if not isinstance(obj, dict):
                 raise DataError(path, line_no, "expected a JSON object")
             for key in required:

@@ -4,7 +4,9 @@ corpus of millions of passages costs page cache, not Python objects.
 ``load_corpus(path)`` parses and validates ``corpus.jsonl`` once (same ``file:line`` errors as every reader
 here), writes an Arrow IPC file (columns ``_id``, ``title``, ``text``, ``line``) plus a sorted table of 64-bit
 id hashes, and keeps them under ``$RETR_CACHE_DIR/corpora/<key>`` (default ``~/.cache/retr``), where the key
-is the file's path, size, mtime and inode. Later loads open the cache in milliseconds. When the cache root
+is the file's path, size, mtime, ctime and inode (the stat fields git trusts; ctime catches an edit that
+keeps the size and restores the mtime, e.g. ``cp -p``/``rsync -t``/``touch -r``). Later loads open the cache in
+milliseconds; a new store removes the stores of the same path it supersedes. When the cache root
 cannot be written, the store is built in a temp dir that is unlinked at once (the mapping stays valid).
 
 Memory: building holds one block of 65,536 rows as Python strings plus 24 bytes per document (hash, row,
@@ -17,6 +19,7 @@ not build a hash table of every id at open time, hence the sorted hash array.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -32,6 +35,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 from filelock import FileLock
+
+from retr.indexing.errors import OutputError, describe_errno, write_errno
 
 from .errors import DataError
 
@@ -234,7 +239,8 @@ def _hash_strings(items: Sequence[str], salt: str = "") -> str:
 
 def _stat_key(path: Path) -> tuple[str, dict]:
     st = path.stat()
-    ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+             "inode": st.st_ino}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20], ident
 
 
@@ -264,7 +270,15 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
         work, persistent = Path(tempfile.mkdtemp(prefix="retr-corpus-")), False
     t0 = time.perf_counter()
     try:
-        _build_store(path, work, ident)
+        try:
+            _build_store(path, work, ident)
+        except BaseException as e:  # a bad line, a full disk, Ctrl-C: no partial copy left for hours
+            shutil.rmtree(work, ignore_errors=True)
+            code = None if isinstance(e, DataError) else write_errno(e)
+            if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise OutputError(f"cannot write the corpus store under {work.parent}: {describe_errno(code)} (it "
+                                  f"needs about the size of {path.name}; set RETR_CACHE_DIR to another disk)") from None
+            raise
         if persistent:
             # Publishing is serialised (e.g. two torchrun ranks building at once): without the lock, one
             # process could delete as "stale" the store another one had just renamed into place.
@@ -276,6 +290,7 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
                 shutil.rmtree(store, ignore_errors=True)  # stale (the file changed), damaged, or --rebuild
                 os.replace(work, store)
                 work = store
+                _remove_superseded(store, ident["path"])
                 corpus = _open_store(work, ident, path)
         else:
             corpus = _open_store(work, ident, path)
@@ -288,6 +303,20 @@ def load_corpus(path: str | os.PathLike, rebuild: bool = False) -> Corpus:
     finally:
         if not persistent:
             shutil.rmtree(work, ignore_errors=True)  # open mappings stay valid after unlink
+
+
+def _remove_superseded(store: Path, source: str) -> None:
+    """Remove the other stores of ``source`` (built from earlier versions of the file): each holds a full copy of
+    the corpus. A process still reading one keeps its mapping (the pages live until it unmaps them)."""
+    for other in store.parent.iterdir():
+        if other == store or other.name.startswith(".") or not other.is_dir():
+            continue
+        try:
+            if json.loads((other / "meta.json").read_text()).get("source", {}).get("path") == source:
+                shutil.rmtree(other, ignore_errors=True)
+                log.debug("removed the superseded corpus store %s", other)
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 def _open_store(store: Path, ident: dict, source: Path) -> Corpus | None:

@@ -18,7 +18,7 @@ from typing import Iterable
 from retr.indexing.atomic import atomic_file
 
 from .beir import BeirDataset, join_title_text
-from .errors import DataError
+from .errors import DataError, malformed_json
 
 
 @dataclass
@@ -102,7 +102,7 @@ def parse_tevatron_line(raw: bytes | str, path: Path, line_no: int) -> TrainExam
     try:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, line_no, f"malformed JSON ({getattr(e, 'msg', None) or e.reason})") from None
+        raise DataError(path, line_no, malformed_json(e)) from None
     if not isinstance(obj, dict):
         raise DataError(path, line_no, "expected a JSON object")
     if not isinstance(obj.get("query"), str):
