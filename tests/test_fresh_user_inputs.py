@@ -1,0 +1,57 @@
+"""Issue #18, a fresh user's inputs: `retr train --config` files with a BOM / CRLF, YAML's string floats
+(`lr: 2e-5`), and values of the wrong type are read right or refused in one line naming file, line and field."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import one_line_error, run_cli
+
+
+def _write(path, text: str, bom: bool = True, crlf: bool = True):
+    data = text.replace("\n", "\r\n") if crlf else text
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data.encode())
+    return path
+
+
+@pytest.mark.parametrize("name, text", [
+    ("c.yaml", "batch_size: 4\nlr: 2e-5\nepochs: 2\nnormalize: false\nmatryoshka_dims: [32, 16]\n"),
+    ("c.json", '{"batch_size": 4,\n "lr": 2e-5, "epochs": 2,\n "normalize": false, "matryoshka_dims": [32, 16]}\n'),
+])
+def test_config_with_bom_and_crlf_is_read_with_its_types(tmp_path, name, text):
+    from retr.retriever.training.arguments import TrainConfig
+
+    plain = TrainConfig.from_file(_write(tmp_path / ("p" + name), text, bom=False, crlf=False))
+    marked = TrainConfig.from_file(_write(tmp_path / name, text))
+    assert marked == plain
+    assert (marked.batch_size, marked.epochs, marked.normalize, marked.matryoshka_dims) == (4, 2, False, [32, 16])
+    assert isinstance(marked.lr, float) and marked.lr == pytest.approx(2e-5)  # YAML 1.1 reads 2e-5 as a string
+
+
+@pytest.mark.parametrize("name, text, expect", [
+    ("t.yaml", "epochs: 1\nbatch_size: abc\n", 't.yaml:2: field "batch_size": expected an integer, got \'abc\''),
+    ("t.yaml", "epochs: 1.5\n", 't.yaml:1: field "epochs": expected an integer, got 1.5'),
+    ("t.yaml", "\nlr: fast\n", 't.yaml:2: field "lr": expected a number, got \'fast\''),
+    ("t.yaml", "max_steps: '2'\n", 't.yaml:1: field "max_steps": expected an integer or null, got \'2\''),
+    ("t.yaml", "normalize: 'no'\n", 't.yaml:1: field "normalize": expected true or false or null'),
+    ("t.yaml", "epochs: 1\nmatryoshka_dims: 64\n", 't.yaml:2: field "matryoshka_dims": expected a list of integers'),
+    ("t.yaml", "lr: .nan\n", 't.yaml:1: field "lr": expected a number, got nan'),
+    ("t.yaml", "epochs: 1\nbatch_sizee: 4\n", "t.yaml:2: unknown option 'batch_sizee'"),
+    ("t.yaml", "epochs: 1\nbatch_size: [4\n", "t.yaml:3: malformed YAML"),
+    ("t.json", '{"epochs": 1,\n "batch_size": }', "t.json:2: malformed JSON"),
+    ("t.json", '{"epochs": 1,\n "temperature": "0.1x"}', 't.json:2: field "temperature": expected a number'),
+])
+def test_bad_config_value_is_one_line_naming_file_line_field(tmp_path, tiny_model_dir, tiny_beir, capsys,
+                                                              name, text, expect):
+    cfg = _write(tmp_path / name, text, bom=False, crlf=False)
+    code, _, err = run_cli(["train", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", tiny_beir,
+                            "--split", "test", "-c", cfg], capsys)
+    assert code == 2
+    assert one_line_error(err).startswith(f"error: {cfg.parent}/{expect}"), err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_config_that_is_a_directory_is_one_line(tmp_path, tiny_model_dir, tiny_beir, capsys):
+    (tmp_path / "c.yaml").mkdir()
+    code, _, err = run_cli(["train", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", tiny_beir,
+                            "-c", tmp_path / "c.yaml"], capsys)
+    assert code == 2 and "c.yaml: is a directory" in one_line_error(err)
