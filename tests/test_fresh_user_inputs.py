@@ -55,3 +55,43 @@ def test_config_that_is_a_directory_is_one_line(tmp_path, tiny_model_dir, tiny_b
     code, _, err = run_cli(["train", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", tiny_beir,
                             "-c", tmp_path / "c.yaml"], capsys)
     assert code == 2 and "c.yaml: is a directory" in one_line_error(err)
+
+
+@pytest.mark.parametrize("factory, expect", [
+    ("HNSW0", "HNSW0 is too small (at least HNSW2)"),  # FAISS aborted the process (SIGABRT)
+    ("IVF4_HNSW0,Flat", "HNSW0 is too small"),
+    ("IVF2,PQ8x0", "PQ codes of 0 bits (1 to 16)"),  # SIGFPE
+    ("PQ8x20", "PQ codes of 20 bits (1 to 16)"),
+    ("IVF0,Flat", "IVF0 is too small (at least IVF1)"),  # was built; every search then raised
+    ("IDMap,Flat", "IDMap is not needed"),  # add() raised after encoding
+])
+def test_factory_sizes_faiss_cannot_use_are_refused_before_encoding(tmp_path, tiny_model_dir, tiny_beir, capsys,
+                                                                    monkeypatch, factory, expect):
+    from retr.retriever.modeling.encoder import Encoder
+
+    def boom(*a, **k):
+        raise AssertionError("encoded before the index type was refused")
+    monkeypatch.setattr(Encoder, "encode", boom)
+    code, _, err = run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", tmp_path / "idx", "-t", factory],
+                           capsys)
+    assert code == 2 and expect in one_line_error(err) and not (tmp_path / "idx").exists()
+
+
+@pytest.mark.parametrize("factory", ["HNSW8", "IVF2,Flat"])
+def test_valid_small_factory_strings_still_build_and_search_exactly(tmp_path, tiny_model_dir, tiny_beir, capsys,
+                                                                   factory):
+    import json
+
+    code, _, err = run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", tmp_path / "idx", "-t", factory],
+                           capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "idx" / "meta.json").read_text())["factory"] == factory
+    code, _, err = run_cli(["search", "-i", tmp_path / "idx", "-q", "aspirin heart", "--k", "3",
+                            "--nprobe" if "IVF" in factory else "--ef-search", "2" if "IVF" in factory else "16",
+                            "--run", tmp_path / "r.trec"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", tmp_path / "flat"], capsys)
+    code, _, err = run_cli(["search", "-i", tmp_path / "flat", "-q", "aspirin heart", "--k", "3",
+                            "--run", tmp_path / "f.trec"], capsys)
+    top = lambda p: [ln.split()[2] for ln in p.read_text().splitlines()]  # noqa: E731
+    assert top(tmp_path / "r.trec") == top(tmp_path / "f.trec")  # 8 docs, every list probed: exact search
