@@ -95,3 +95,40 @@ def test_valid_small_factory_strings_still_build_and_search_exactly(tmp_path, ti
                             "--run", tmp_path / "f.trec"], capsys)
     top = lambda p: [ln.split()[2] for ln in p.read_text().splitlines()]  # noqa: E731
     assert top(tmp_path / "r.trec") == top(tmp_path / "f.trec")  # 8 docs, every list probed: exact search
+
+
+def test_cross_encoder_length_over_positions_is_clamped_with_a_warning(tmp_path, tiny_model_dir, caplog):
+    """Case max-length-over-positions, for cross-encoders: `retr train --mode reranker --passage-max-length 5000`
+    and a reranker saved with such a length raised a RuntimeError in the position embeddings on a long pair."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from retr.retriever.modeling.cross_encoder import CE_CONFIG, CrossEncoder
+
+    long = " ".join(["aspirin heart attack prevention"] * 200)  # ~800 tokens > the tiny model's 128 positions
+    ce = CrossEncoder.from_pretrained(tiny_model_dir, max_length=5000)
+    assert ce.max_length == 128 and "more than the cross-encoder's 128 positions" in caplog.text
+    assert np.isfinite(np.asarray(ce.score(["aspirin"], [long]))).all()
+    saved = tmp_path / "ce"
+    shutil.copytree(tiny_model_dir, saved)
+    (saved / CE_CONFIG).write_text(json.dumps({"max_length": 5000, "head": "cls"}))
+    assert CrossEncoder.from_pretrained(saved).max_length == 128
+    assert CrossEncoder.from_pretrained(saved, max_length=64).max_length == 64  # in range: kept
+
+
+def test_reranker_training_with_length_over_positions_trains(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    from conftest import write_beir
+
+    long = " ".join(["aspirin heart attack prevention"] * 200)
+    docs = [(f"d{i}", "t", f"{long} {i}") for i in range(6)]
+    data = write_beir(tmp_path / "long", docs=docs, queries=[(f"q{i}", "aspirin") for i in range(4)],
+                      qrels=[(f"q{i}", f"d{i}", 1) for i in range(4)])
+    code, _, err = run_cli(["train", "--mode", "reranker", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", data,
+                            "--split", "test", "--batch-size", "2", "--max-steps", "1", "--train-negatives", "0",
+                            "--train-random-negatives", "1", "--passage-max-length", "5000"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "model" / "retr_cross_encoder.json").read_text())["max_length"] == 128
