@@ -132,3 +132,32 @@ def test_reranker_training_with_length_over_positions_trains(tmp_path, tiny_mode
                             "--train-random-negatives", "1", "--passage-max-length", "5000"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "model" / "retr_cross_encoder.json").read_text())["max_length"] == 128
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--logging-steps", "0"], "--logging-steps must be at least 1, got 0"),  # was a ZeroDivisionError traceback
+    (["--grad-cache", "--gc-query-chunk", "0"], "--gc-query-chunk must be at least 1, got 0"),
+    (["--save-steps", "-1"], "--save-steps must be at least 0, got -1"),  # saved every step
+    (["--train-negatives", "-1"], "--train-negatives must be at least 0, got -1"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--momentum", "2"], "--momentum must be in [0, 1], got 2.0"),
+    (["--deletion-prob", "1.5"], "--deletion-prob must be in [0, 1), got 1.5"),
+    (["--warmup-ratio", "2"], "--warmup-ratio must be in [0, 1], got 2.0"),
+    (["--ratio-min", "0.9", "--ratio-max", "0.1"], "--ratio-min 0.9 is above --ratio-max 0.1"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be >= 0, got -1.0"),
+    (["--lr", "inf"], "--lr must be >= 0, got inf"),
+    (["--chunk-length", "0"], "--chunk-length must be at least 1, got 0"),
+])
+def test_train_numeric_option_out_of_range_is_one_line_naming_the_flag(tmp_path, tiny_model_dir, tiny_beir,
+                                                                        capsys, flags, expect):
+    code, _, err = run_cli(["train", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", tiny_beir, "--split",
+                            "test", "--batch-size", "2", "--max-steps", "1", *flags], capsys)
+    assert code == 2 and one_line_error(err) == f"error: {expect}" and not (tmp_path / "run").exists()
+
+
+def test_train_range_edges_still_train(tmp_path, tiny_model_dir, tiny_beir, capsys):
+    code, _, err = run_cli(["train", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", tiny_beir, "--split",
+                            "test", "--batch-size", "2", "--max-steps", "2", "--lr", "0", "--max-grad-norm", "0",
+                            "--save-steps", "0", "--warmup-ratio", "1", "--logging-steps", "1"], capsys)
+    assert code == 0, err
+    assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) >= 2

@@ -164,6 +164,9 @@ class TrainConfig:
                              f"{self.b3_cluster_size} must equal --batch-size {self.batch_size}")
         if self.b3_clusters_per_batch is not None and not self.b3_exact_k:
             raise ValueError("--b3-clusters-per-batch needs --b3-exact-k (whole clusters of exactly K)")
+        from .config_ranges import check_ranges  # issue 18: every numeric option in range, named by its flag
+
+        check_ranges(self)
 
     def lora_settings(self):
         """The LoRA settings (``ValueError`` for a value out of range); ``None`` without ``lora_r``."""
