@@ -102,8 +102,10 @@ class IndexSpec:
         except RuntimeError:
             nlist = 0
         if nlist > n_train:
+            fewer = (f"--nlist {max(1, n_train // 39)}" if self.index_type in _USES  # a raw factory string: IVFk
+                     else f"IVF{max(1, n_train // 39)}")  # issue 18: --nlist is refused with a factory string
             raise ValueError(f"{factory}: {nlist} IVF lists need at least {nlist} vectors to train, {have} "
-                             f"(use --nlist {max(1, n_train // 39)} or fewer, or -t flat)")
+                             f"(use {fewer} or fewer, or -t flat)")
         base = faiss.downcast_index(faiss.extract_index_ivf(index) if nlist else index)
         pq = getattr(base, "pq", None)
         if pq is not None and pq.ksub > n_train:

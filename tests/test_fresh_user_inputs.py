@@ -64,6 +64,7 @@ def test_config_that_is_a_directory_is_one_line(tmp_path, tiny_model_dir, tiny_b
     ("PQ8x20", "PQ codes of 20 bits (1 to 16)"),
     ("IVF0,Flat", "IVF0 is too small (at least IVF1)"),  # was built; every search then raised
     ("IDMap,Flat", "IDMap is not needed"),  # add() raised after encoding
+    ("IVF64,Flat", "(use IVF1 or fewer, or -t flat)"),  # advised --nlist, which a factory string refuses
 ])
 def test_factory_sizes_faiss_cannot_use_are_refused_before_encoding(tmp_path, tiny_model_dir, tiny_beir, capsys,
                                                                     monkeypatch, factory, expect):
