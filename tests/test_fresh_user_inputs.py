@@ -162,3 +162,18 @@ def test_train_range_edges_still_train(tmp_path, tiny_model_dir, tiny_beir, caps
                             "--save-steps", "0", "--warmup-ratio", "1", "--logging-steps", "1"], capsys)
     assert code == 0, err
     assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) >= 2
+
+
+@pytest.mark.parametrize("line, field", [("q 1\tcancer", "'q 1'"), ("\tcancer", "''")])
+def test_tsv_query_id_a_trec_run_cannot_carry_is_refused(tmp_path, line, field):
+    """`q 1` was written into the run as `q 1 Q0 d 1 s tag` (7 fields: ir_measures/trec_eval misread it); the
+    JSONL reader already refused such ids."""
+    from retr.retriever.data.errors import DataError
+    from retr.retriever.data.queries import read_queries
+
+    path = tmp_path / "q.tsv"
+    path.write_bytes(b"\xef\xbb\xbfq0\tfine\r\n" + line.encode() + b"\r\n")
+    with pytest.raises(DataError, match=rf'q.tsv:2: field "qid" {field} is empty or contains whitespace'):
+        read_queries(path)
+    path.write_bytes(b"\xef\xbb\xbfq0\tfine\r\nq1\tbone\r\n")
+    assert read_queries(path) == {"q0": "fine", "q1": "bone"}  # BOM and CRLF are not part of ids or text
