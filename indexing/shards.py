@@ -92,6 +92,7 @@ class PartialEmbeddings:
             self.dir.mkdir(parents=True)
             self.vectors = np.lib.format.open_memmap(self.dir / EMBEDDINGS_FILE, mode="w+", dtype=np.float32,
                                                      shape=(rows, dim))
+            reserve_blocks(self.dir / EMBEDDINGS_FILE)  # issue 18: a full disk is ENOSPC here, not SIGBUS later
             self._save_progress()
         else:
             self.done = int(state["done"])
@@ -221,11 +222,29 @@ class StackedVectors:
     def save_npy(self, path: str | os.PathLike, block: int = 65_536) -> None:
         """Write the stacked rows as one .npy file, block by block."""
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=self.shape)
+        reserve_blocks(path)
         for s, rows in self.blocks(block):
             out[s:s + len(rows)] = rows
             out.flush()
             drop_pages(out, s, s + len(rows))
         del out
+
+
+def reserve_blocks(path: str | os.PathLike) -> None:
+    """Allocate the disk blocks of a freshly created (sparse) memmapped file now (``posix_fallocate``), so a full
+    disk raises ``OSError`` (ENOSPC) here instead of killing the process with SIGBUS when a page is written
+    later (seen on tmpfs: `retr index` died with "Bus error"). Filesystems that cannot preallocate are left
+    as they are."""
+    import errno
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, max(1, os.fstat(fd).st_size))
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def write_shard(root: str | Path, shard: int, num_shards: int, vectors: np.ndarray, docids: list[str],

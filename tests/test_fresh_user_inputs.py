@@ -177,3 +177,33 @@ def test_tsv_query_id_a_trec_run_cannot_carry_is_refused(tmp_path, line, field):
         read_queries(path)
     path.write_bytes(b"\xef\xbb\xbfq0\tfine\r\nq1\tbone\r\n")
     assert read_queries(path) == {"q0": "fine", "q1": "bone"}  # BOM and CRLF are not part of ids or text
+
+
+def test_full_disk_while_creating_the_encoding_buffer_is_one_line(tmp_path, tiny_model_dir, tiny_beir, capsys,
+                                                                   monkeypatch):
+    """On a full tmpfs `retr index` died with SIGBUS ("Bus error", exit 135) writing its memmapped embeddings;
+    the blocks are now reserved up front (posix_fallocate), so ENOSPC is one line. ENOSPC is simulated here."""
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    code, _, err = run_cli(["index", "-m", tiny_model_dir, "-d", tiny_beir, "-o", tmp_path / "idx"], capsys)
+    assert code == 2 and one_line_error(err).endswith("embeddings.npy: no space left on device")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_reserve_blocks_allocates_the_whole_file(tmp_path):
+    import os
+
+    import numpy as np
+
+    from retr.indexing.shards import reserve_blocks
+
+    path = tmp_path / "v.npy"
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(4096, 64))
+    del arr
+    reserve_blocks(path)
+    st = os.stat(path)
+    assert st.st_blocks * 512 >= st.st_size  # no hole left for a later page write to fault on
