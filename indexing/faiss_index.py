@@ -87,10 +87,14 @@ class IndexSpec:
         if self.index_type in ("ivf", "ivfpq") and self.nlist and self.nlist > n_train:  # before FAISS allocates them
             raise ValueError(f"{factory}: {self.nlist} IVF lists need at least {self.nlist} vectors to train, {have} "
                              f"(use --nlist {max(1, n_train // 39)} or fewer, or -t flat)")
+        _check_factory_sizes(factory)  # issue 18: sizes FAISS crashes on (SIGABRT/SIGFPE) or builds unusable
         try:
             index = faiss.index_factory(dim, factory, _metric(self.metric))
         except RuntimeError as e:
             raise ValueError(f"index type {factory!r} is not valid for dim {dim} ({_faiss_reason(e)})") from None
+        if isinstance(faiss.downcast_index(index), faiss.IndexIDMap):
+            raise ValueError(f"index type {factory!r}: IDMap is not needed (retr keeps the ids in docids.json); "
+                             "drop the IDMap prefix")
         if index.is_trained:
             return factory
         try:
@@ -98,8 +102,10 @@ class IndexSpec:
         except RuntimeError:
             nlist = 0
         if nlist > n_train:
+            fewer = (f"--nlist {max(1, n_train // 39)}" if self.index_type in _USES  # a raw factory string: IVFk
+                     else f"IVF{max(1, n_train // 39)}")  # issue 18: --nlist is refused with a factory string
             raise ValueError(f"{factory}: {nlist} IVF lists need at least {nlist} vectors to train, {have} "
-                             f"(use --nlist {max(1, n_train // 39)} or fewer, or -t flat)")
+                             f"(use {fewer} or fewer, or -t flat)")
         base = faiss.downcast_index(faiss.extract_index_ivf(index) if nlist else index)
         pq = getattr(base, "pq", None)
         if pq is not None and pq.ksub > n_train:
@@ -127,6 +133,20 @@ TUNABLE = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", 
 _USES = {"flat": set(), "hnsw": {"hnsw_m", "ef_construction", "ef_search"}, "ivf": {"nlist", "nprobe", "train_sample"},
          "pq": {"pq_m", "pq_bits", "train_sample"}, "ivfpq": {"nlist", "nprobe", "pq_m", "pq_bits", "train_sample"},
          "sq8": {"train_sample"}}
+
+
+def _check_factory_sizes(factory: str) -> None:
+    """``ValueError`` (one line) for a size in a factory string that FAISS accepts but then aborts the process on
+    (``HNSW0``: SIGABRT; ``PQ8x0``: SIGFPE) or builds an index that cannot be searched (``IVF0``: no lists)."""
+    import re
+
+    least = {"HNSW": 2, "IVF": 1, "PQ": 1, "NSG": 2}
+    for m in re.finditer(r"(HNSW|IVF|PQ|NSG)(\d+)(?:x(\d+))?", factory):
+        kind, size, bits = m.group(1), int(m.group(2)), m.group(3)
+        if size < least[kind]:
+            raise ValueError(f"index type {factory!r}: {kind}{size} is too small (at least {kind}{least[kind]})")
+        if bits is not None and not 1 <= int(bits) <= 16:
+            raise ValueError(f"index type {factory!r}: PQ codes of {bits} bits (1 to 16)")
 
 
 def _faiss_reason(e: Exception) -> str:

@@ -136,7 +136,7 @@ def test_killed_run_resumes_to_same_weights(tiny_beir, tiny_model_dir, tmp_path)
 def test_config_file_and_unknown_key(tmp_path, capsys, tiny_model_dir):
     (tmp_path / "bad.yaml").write_text("batch_sise: 8\n")
     code, _, err = run_cli(["train", "-c", tmp_path / "bad.yaml", "-o", tmp_path / "o"], capsys)
-    assert code == 2 and "bad.yaml: unknown option 'batch_sise'" in err
+    assert code == 2 and "bad.yaml:1: unknown option 'batch_sise'" in err
 
 
 def test_run_meta_records_what_made_it(tiny_beir, tiny_model_dir, tmp_path):

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .beir import load_queries
+from .beir import _WHITESPACE, load_queries
 from .errors import DataError
 
 
 def read_queries(path: str | Path) -> dict[str, str]:
+    """qid -> text. ``DataError`` (file, line, field) for a malformed line, a duplicate id, or an id a TREC run
+    cannot carry (empty or with whitespace). Memory: all queries (they are small beside a corpus)."""
     path = Path(path)
     if path.is_dir():
         path = path / "queries.jsonl"
@@ -24,6 +26,9 @@ def read_queries(path: str | Path) -> dict[str, str]:
             parts = line.split("\t")
             if len(parts) != 2:
                 raise DataError(path, line_no, f"expected qid<TAB>text, got {len(parts)} fields")
+            if not parts[0] or _WHITESPACE.search(parts[0]):  # issue 18: as load_queries does for JSONL ids
+                raise DataError(path, line_no, f'field "qid" {parts[0]!r} is empty or contains whitespace, which '
+                                "TREC runs and qrels cannot carry")
             if parts[0] in out:
                 raise DataError(path, line_no, f"duplicate query id {parts[0]!r}")
             out[parts[0]] = parts[1]

@@ -9,6 +9,7 @@ with the [CLS] path only), plus retr's ``retr_cross_encoder.json`` (max length, 
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,8 @@ from .ce_head import HEADS, SegmentCosine, classifier_weight, reinit_pooler
 from .encoder import inference
 from .resolve import resolve_model_path
 
+
+log = logging.getLogger(__name__)
 
 CE_CONFIG = "retr_cross_encoder.json"  # the max (query + passage) length the model was trained with; its head
 
@@ -70,7 +73,10 @@ class CrossEncoder(nn.Module):
         finally:
             hf_logging.set_verbosity(verbosity)
         model.eval()
-        limit = min(512, int(getattr(model.config, "max_position_embeddings", 512) or 512))
+        from .encoder import position_limit
+
+        positions = position_limit(model, tokenizer)
+        limit = min(512, positions)
         own = Path(path) / CE_CONFIG
         saved: dict[str, Any] = {}
         if own.exists():
@@ -80,6 +86,10 @@ class CrossEncoder(nn.Module):
             saved = saved if isinstance(saved, dict) else {}
         if max_length is None and "max_length" in saved:
             max_length = int(saved["max_length"])
+        if max_length is not None and max_length > positions:  # issue 18: else a RuntimeError in the embeddings
+            log.warning("--passage-max-length %d is more than the cross-encoder's %d positions; using %d",
+                        max_length, positions, positions)
+            max_length = positions
         missing = set(info.get("missing_keys", []))
         fresh = [n for n, _ in model.named_parameters() if n in missing]
         new_head = any(n.startswith(("classifier.", "score.")) for n in fresh)

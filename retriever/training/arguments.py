@@ -164,6 +164,9 @@ class TrainConfig:
                              f"{self.b3_cluster_size} must equal --batch-size {self.batch_size}")
         if self.b3_clusters_per_batch is not None and not self.b3_exact_k:
             raise ValueError("--b3-clusters-per-batch needs --b3-exact-k (whole clusters of exactly K)")
+        from .config_ranges import check_ranges  # issue 18: every numeric option in range, named by its flag
+
+        check_ranges(self)
 
     def lora_settings(self):
         """The LoRA settings (``ValueError`` for a value out of range); ``None`` without ``lora_r``."""
@@ -182,24 +185,16 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read YAML or JSON; unknown keys are an error naming the file and key."""
+        """Read YAML or JSON (``config_file.py``): an unknown key or a value of the wrong type is a ``DataError``
+        naming the file, line and field."""
         from retr.retriever.data.errors import DataError
 
         path = Path(path)
         if not path.exists():
             raise DataError(path, None, "config file not found")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        from .config_file import check_values, read_config_mapping  # issue 18: BOM, types, line numbers
 
-            raw = yaml.safe_load(text) or {}
-        else:
-            raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise DataError(path, None, "config must be a mapping of option names to values")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise DataError(path, None, f"unknown option {key!r}")
+        raw, text = read_config_mapping(path)
+        raw = check_values(cls, raw, path, text, lenient_str=frozenset({"lora_target_modules"}))
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**raw)
