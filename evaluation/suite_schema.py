@@ -10,11 +10,11 @@ Memory: the suite file (a few KiB).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from retr.retriever.data.errors import DataError
+from retr.retriever.data.structured import read_yaml_or_json
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
 # key -> (type, minimum, maximum); ints are ints (a bool is refused), floats accept ints
@@ -32,20 +32,7 @@ def read_suite_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "suite file not found")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise DataError(path, mark.line + 1 if mark else None, f"malformed YAML ({problem})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, e.lineno, f"malformed JSON ({e.msg})") from None
+    return read_yaml_or_json(path, "suite file")[0]
 
 
 def _check_value(path: Path, where: str, key: str, value: Any) -> None:

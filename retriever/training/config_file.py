@@ -13,7 +13,6 @@ dataclass's type hints below (pydantic would do it, but is not a dependency of r
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import types
@@ -22,35 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from ..data.errors import DataError
+from ..data.structured import read_yaml_or_json
 
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def read_config_mapping(path: Path) -> tuple[dict[str, Any], str]:
     """Parse a YAML (``.yaml``/``.yml``) or JSON config -> (mapping, text). ``DataError`` (file, line) if the
-    file cannot be read, is not UTF-8, is malformed, or is not a mapping."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except IsADirectoryError:
-        raise DataError(path, None, "is a directory, not a config file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, None, f"not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise DataError(path, None, f"cannot read ({e.strerror})") from None
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            what = " ".join(str(getattr(e, "problem", None) or "not valid YAML").split())
-            raise DataError(path, mark.line + 1 if mark else None, f"malformed YAML ({what})") from None
-    else:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, e.lineno, f"malformed JSON ({e.msg})") from None
+    file cannot be read, is not UTF-8, is malformed (``data/structured.py``), or is not a mapping."""
+    raw, text = read_yaml_or_json(path, "config file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
