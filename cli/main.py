@@ -28,6 +28,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help, not rich's option table: the table cuts long option names to "--train-negativ…" on an
+    # 80-column terminal, while click's layout wraps the help text and always prints the full name.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(index_app, name="index")
