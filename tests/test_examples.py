@@ -85,3 +85,25 @@ def test_write_then_read_round_trip(tmp_path):
     eager = examples_from_beir(ds, {"q1": ["d3"]})
     assert write_tevatron(iter(eager), tmp_path / "out.jsonl") == len(eager)
     assert [e.to_tevatron() for e in TevatronFile(tmp_path / "out.jsonl")] == [e.to_tevatron() for e in eager]
+
+
+def _scored(qid, negatives):
+    return {"query_id": qid, "query": f"q {qid}", "positive_passages": [{"docid": f"p{qid}", "text": "pos",
+                                                                         "score": 2.0}],
+            "negative_passages": [{"docid": f"n{qid}{j}", "text": "neg", "score": 1.0} for j in range(negatives)]}
+
+
+def test_a_distillation_file_skips_queries_mining_left_without_negatives(tmp_path, caplog):
+    # `retr mine`'s filters can leave a query no negatives; `retr score` keeps the line; training skips it
+    path = _tevatron(tmp_path / "s.jsonl", [_scored("a", 2), _scored("b", 0), _scored("c", 1)])
+    with caplog.at_level("WARNING"):
+        ex = TevatronFile(path, require_scores=True)
+    assert [e.query_id for e in ex] == ["a", "c"] and ex.skipped_without_negatives == 1
+    assert "1 examples without negatives skipped" in caplog.text
+    assert len(TevatronFile(path)) == 3  # not a distillation file: the line is an example as before
+    none = _tevatron(tmp_path / "none.jsonl", [_scored("b", 0)])
+    with pytest.raises(DataError, match="none.jsonl: no training examples with scored negatives"):
+        TevatronFile(none, require_scores=True)
+    unscored = _tevatron(tmp_path / "u.jsonl", [{**_scored("a", 1), "negative_passages": [{"text": "x"}]}])
+    with pytest.raises(DataError, match=r'u.jsonl:1: field "negative_passages\[0\].score" missing'):
+        TevatronFile(unscored, require_scores=True)

@@ -12,6 +12,7 @@ and iterate. Iterating parses every example once (streamed: memory holds one at 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,6 +21,8 @@ import numpy as np
 from .beir import BeirDataset
 from .errors import DataError
 from .training import TrainExample, parse_tevatron_line
+
+log = logging.getLogger(__name__)
 
 
 class _Lazy(Sequence):
@@ -39,7 +42,7 @@ class TevatronFile(_Lazy):
         if not self.path.is_file():
             raise DataError(self.path, None, "training file not found")
         offsets, lines, counts = [], [], []
-        pos = 0
+        pos, self.skipped_without_negatives = 0, 0
         with open(self.path, "rb") as fh:
             for line_no, raw in enumerate(fh, 1):
                 start, pos = pos, pos + len(raw)
@@ -50,11 +53,18 @@ class TevatronFile(_Lazy):
                 ex = parse_tevatron_line(raw, self.path, line_no)
                 if require_scores:  # issue 20: a teacher-scores file for distillation
                     _check_scores(ex, self.path, line_no)
+                    if not ex.negatives:  # `retr mine` filters can leave a query none: nothing to distil
+                        self.skipped_without_negatives += 1
+                        continue
                 offsets.append(start)
                 lines.append(line_no)
                 counts.append(len(ex.positives))
         if not offsets:
-            raise DataError(self.path, None, "no training examples")
+            why = " with scored negatives (distillation needs them)" if self.skipped_without_negatives else ""
+            raise DataError(self.path, None, f"no training examples{why}")
+        if self.skipped_without_negatives:
+            log.warning("%s: %d examples without negatives skipped (distillation needs scored negatives)",
+                        self.path, self.skipped_without_negatives)
         self.offsets = np.asarray(offsets, np.int64)
         self.lines = np.asarray(lines, np.int64)
         self.counts = np.asarray(counts, np.int32)
@@ -80,13 +90,12 @@ class TevatronFile(_Lazy):
 
 
 def _check_scores(ex: TrainExample, path: Path, line_no: int) -> None:
-    """Every passage of a distillation example needs a teacher score, and there must be a negative."""
+    """Every passage of a distillation example needs a teacher score (an example without negatives is skipped
+    by the caller: there is nothing to distil, and `retr mine`'s filters can leave a query none)."""
     for key, items in (("positive_passages", ex.positives), ("negative_passages", ex.negatives)):
         for j, p in enumerate(items):
             if p.score is None:
                 raise DataError(path, line_no, f'field "{key}[{j}].score" missing (teacher scores: `retr score`)')
-    if not ex.negatives:
-        raise DataError(path, line_no, 'field "negative_passages" is empty (distillation needs scored negatives)')
 
 
 class BeirExamples(_Lazy):
