@@ -107,3 +107,23 @@ def test_a_distillation_file_skips_queries_mining_left_without_negatives(tmp_pat
     unscored = _tevatron(tmp_path / "u.jsonl", [{**_scored("a", 1), "negative_passages": [{"text": "x"}]}])
     with pytest.raises(DataError, match=r'u.jsonl:1: field "negative_passages\[0\].score" missing'):
         TevatronFile(unscored, require_scores=True)
+
+
+def test_pairs_in_order_parse_each_query_once(tmp_path):
+    class Counting(list):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counting.reads += 1
+            return list.__getitem__(self, i)
+
+        def positive_counts(self):
+            return np.asarray([len(e.positives) for e in self], np.int32)
+
+    base = Counting(examples_from_beir(load_beir(write_beir(tmp_path / "d"), "test")))
+    eager = [(e.query_id, p.docid) for e in list.__iter__(base) for p in e.positives]
+    pairs = PairExamples(base)
+    Counting.reads = 0
+    assert [(e.query_id, e.positives[0].docid) for e in pairs] == eager
+    assert Counting.reads == len(base) < len(eager)  # one read per query, not per pair
+    assert pairs[len(pairs) - 1].positives[0].docid == eager[-1][1]  # random access still right
