@@ -138,7 +138,11 @@ def main() -> None:
         if os.environ.get("RETR_TRACEBACK"):
             raise
         _end_progress_bars()
-        if type(e).__name__ != "NoArgsIsHelpError":  # bare `retr` / `retr index info`: help is already printed
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `retr`: the error's message is the help
+            help_text = e.format_message()  # (empty in rich's layout, which printed it while building it)
+            if help_text.strip():
+                print(help_text)
+        else:
             fallback = command_path(typer.main.get_command(app), sys.argv[1:])
             print(f"error: {usage_error_line(e, fallback)}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))

@@ -37,3 +37,13 @@ def test_help_names_every_option_in_full_within_80_columns(path, cmd):
         if param.param_type_name == "option" and not getattr(param, "hidden", False):
             for name in param.opts + param.secondary_opts:
                 assert name in text, f"{' '.join(path)} --help does not show {name}"
+
+
+def test_bare_retr_prints_the_help(capsys):
+    """`retr` alone prints the help (exit 2, as before). In click's plain layout the help is the message of the
+    NoArgsIsHelpError rather than printed while building it, so the entry point must print it."""
+    from conftest import run_cli
+
+    code, out, err = run_cli([], capsys)
+    assert code == 2 and err == "", err
+    assert "Usage: retr [OPTIONS] COMMAND" in out and "init-model" in out
