@@ -12,6 +12,9 @@ from retr.retriever.training.config_file import read_config_mapping
 @pytest.mark.parametrize("name, text, expected", [
     ("a.yaml", "x: 1\ny: [2\n", "a.yaml:3: malformed YAML (expected ',' or ']', but got '<stream end>')"),
     ("a.json", '{"x": 1,\n "y": }', "a.json:2: malformed JSON (Expecting value)"),
+    # a character YAML refuses (PyYAML's ReaderError: a position, no mark and no "problem")
+    ("a.yaml", "x: 1\ny: \x07\n", "a.yaml:2: malformed YAML (unacceptable character #x0007: special characters "
+                                    "are not allowed)"),
 ])
 def test_config_and_suite_report_a_malformed_file_alike(tmp_path, name, text, expected):
     path = tmp_path / name

@@ -39,8 +39,11 @@ def read_yaml_or_json(path: str | Path, what: str = "file") -> tuple[Any, str]:
             return yaml.safe_load(text), text
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            problem = " ".join(str(getattr(e, "problem", None) or "not valid YAML").split())
-            raise DataError(path, mark.line + 1 if mark else None, f"malformed YAML ({problem})") from None
+            line, problem = (mark.line + 1 if mark else None), getattr(e, "problem", None)
+            if isinstance(e, yaml.reader.ReaderError):  # a character YAML refuses: a position, no mark
+                line, problem = text.count("\n", 0, e.position) + 1, str(e).splitlines()[0]
+            problem = " ".join(str(problem or "not valid YAML").split())
+            raise DataError(path, line, f"malformed YAML ({problem})") from None
     try:
         return json.loads(text), text
     except json.JSONDecodeError as e:
