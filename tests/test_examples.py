@@ -127,3 +127,43 @@ def test_pairs_in_order_parse_each_query_once(tmp_path):
     assert [(e.query_id, e.positives[0].docid) for e in pairs] == eager
     assert Counting.reads == len(base) < len(eager)  # one read per query, not per pair
     assert pairs[len(pairs) - 1].positives[0].docid == eager[-1][1]  # random access still right
+
+
+def test_a_tevatron_file_reads_right_from_threads_and_forked_dataloader_workers(tmp_path):
+    """examples[i] reads its line from the one file handle: seek + readline from two threads, or from DataLoader
+    workers forked after the parent had read (they share the file offset), read each other's lines."""
+    import random
+    import sys
+    import threading
+
+    torch = pytest.importorskip("torch")
+    # bigger than the read buffer, so seeks reach the OS file offset
+    path = _tevatron(tmp_path / "t.jsonl", [{**_scored(f"q{i}", i % 3), "query": "x" * 400} for i in range(200)])
+    ex = TevatronFile(path)
+    expected = [e.query_id for e in PairExamples(ex)]  # the parent opens the file before the workers fork
+    pairs = PairExamples(ex)
+    errors = []
+
+    def read(seed):
+        r = random.Random(seed)
+        for _ in range(300):
+            i = r.randrange(len(pairs))
+            try:
+                got = pairs[i].query_id
+            except DataError as e:
+                got = str(e)
+            if got != expected[i]:
+                errors.append((i, got))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=read, args=(s,)) for s in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
+    loader = torch.utils.data.DataLoader(pairs, batch_size=4, num_workers=2, multiprocessing_context="fork",
+                                         collate_fn=lambda batch: [e.query_id for e in batch])
+    assert [q for batch in loader for q in batch] == expected

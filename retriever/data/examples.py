@@ -1,8 +1,9 @@
 """Training examples as lazy sequences, so 500k queries with tens of negatives each cost bytes per query, not
 their passages as Python objects.
 
-- ``TevatronFile``: one validating pass over a Tevatron JSONL keeps each example's byte offset, line and number
-  of positives (20 bytes per example); ``examples[i]`` seeks and parses that one line.
+- ``TevatronFile``: one validating pass over a Tevatron JSONL keeps each example's byte offset and length, line
+  and number of positives (28 bytes per example); ``examples[i]`` reads (``pread``: no shared file offset, so
+  threads and forked DataLoader workers may read at once) and parses that one line.
 - ``BeirExamples``: the judged queries of a BEIR split; positives come from the qrels and negatives (from a mined
   file) are kept as corpus row numbers (4 bytes each); passages are read from the memory-mapped corpus on access.
 - ``ConcatExamples`` and ``PairExamples`` (one example per (query, positive)) index into the above.
@@ -13,6 +14,8 @@ and iterate. Iterating parses every example once (streamed: memory holds one at 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -23,6 +26,7 @@ from .errors import DataError
 from .training import TrainExample, parse_tevatron_line
 
 log = logging.getLogger(__name__)
+_SEEK_LOCK = threading.Lock()  # TevatronFile reads where there is no os.pread (Windows)
 
 
 class _Lazy(Sequence):
@@ -41,7 +45,7 @@ class TevatronFile(_Lazy):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(self.path, None, "training file not found")
-        offsets, lines, counts = [], [], []
+        offsets, ends, lines, counts = [], [], [], []
         pos, self.skipped_without_negatives = 0, 0
         with open(self.path, "rb") as fh:
             for line_no, raw in enumerate(fh, 1):
@@ -57,6 +61,7 @@ class TevatronFile(_Lazy):
                         self.skipped_without_negatives += 1
                         continue
                 offsets.append(start)
+                ends.append(pos)
                 lines.append(line_no)
                 counts.append(len(ex.positives))
         if not offsets:
@@ -66,6 +71,7 @@ class TevatronFile(_Lazy):
             log.warning("%s: %d examples without negatives skipped (distillation needs scored negatives)",
                         self.path, self.skipped_without_negatives)
         self.offsets = np.asarray(offsets, np.int64)
+        self.ends = np.asarray(ends, np.int64)
         self.lines = np.asarray(lines, np.int64)
         self.counts = np.asarray(counts, np.int32)
         self._fh = None
@@ -79,8 +85,14 @@ class TevatronFile(_Lazy):
         i = int(i) % len(self)
         if self._fh is None:
             self._fh = open(self.path, "rb")
-        self._fh.seek(int(self.offsets[i]))
-        return parse_tevatron_line(self._fh.readline(), self.path, int(self.lines[i]))
+        start, end = int(self.offsets[i]), int(self.ends[i])
+        if hasattr(os, "pread"):  # no seek: the handle is shared by threads, and its offset by forked workers
+            raw = os.pread(self._fh.fileno(), end - start, start)
+        else:
+            with _SEEK_LOCK:
+                self._fh.seek(start)
+                raw = self._fh.read(end - start)
+        return parse_tevatron_line(raw, self.path, int(self.lines[i]))
 
     def positive_counts(self) -> np.ndarray:
         return self.counts
