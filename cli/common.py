@@ -12,6 +12,23 @@ PRECISIONS = Literal["auto", "fp32", "fp16", "bf16"]
 POOLINGS = Literal["mean", "cls", "last"]
 
 
+class HelpGroup(typer.core.TyperGroup):
+    """A command group whose ``--help`` lists each command with the whole first paragraph of its help, wrapped
+    (click's plain layout cuts it to one line: "Serve an index over HTTP (POST /search,...")."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            text = cmd.short_help or (cmd.help or "").strip().split("\n\n")[0]
+            rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 def check_model(value: Optional[str]) -> Optional[str]:
     """Option callback: a model name that looks like a path must be a directory (checked while parsing, before
     a corpus is read or anything encoded); ``bm25`` (a teacher) and hub ids pass unchecked."""

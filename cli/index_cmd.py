@@ -13,6 +13,7 @@ from . import common
 log = logging.getLogger("retr.cli")
 
 index_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None,
+                        cls=common.HelpGroup,
                         help="Build an index from a corpus (`retr index -m MODEL -d DATA -o DIR`); "
                              "`retr index info DIR` prints what an index holds.")
 

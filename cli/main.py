@@ -31,6 +31,7 @@ app = typer.Typer(
     # Plain click help, not rich's option table: the table cuts long option names to "--train-negativ…" on an
     # 80-column terminal, while click's layout wraps the help text and always prints the full name.
     rich_markup_mode=None,
+    cls=common.HelpGroup,  # each command's whole help in the list, wrapped (click cuts it to one line)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(index_app, name="index")

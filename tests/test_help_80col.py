@@ -47,3 +47,18 @@ def test_bare_retr_prints_the_help(capsys):
     code, out, err = run_cli([], capsys)
     assert code == 2 and err == "", err
     assert "Usage: retr [OPTIONS] COMMAND" in out and "init-model" in out
+
+
+@pytest.mark.parametrize("group", [[], ["index"]], ids=["retr", "retr index"])
+def test_group_help_lists_each_command_with_its_whole_help(group):
+    """click's plain layout cut a command's help to one line ("Serve an index over HTTP (POST /search,...");
+    rich's table wrapped it. The list wraps it again, within 80 columns."""
+    cmd = typer.main.get_command(app)
+    for name in group:
+        cmd = cmd.commands[name]
+    result = CliRunner().invoke(app, [*group, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+    listed = " ".join(result.output.split("Commands:", 1)[1].split())
+    for name, sub in cmd.commands.items():
+        assert f"{name} {' '.join(sub.help.split())}" in listed, name
