@@ -136,7 +136,7 @@ def test_a_tevatron_file_reads_right_from_threads_and_forked_dataloader_workers(
     import sys
     import threading
 
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     # bigger than the read buffer, so seeks reach the OS file offset
     path = _tevatron(tmp_path / "t.jsonl", [{**_scored(f"q{i}", i % 3), "query": "x" * 400} for i in range(200)])
     ex = TevatronFile(path)
@@ -166,6 +166,20 @@ def test_a_tevatron_file_reads_right_from_threads_and_forked_dataloader_workers(
     assert not errors, errors[:3]
     if "fork" not in __import__("multiprocessing").get_all_start_methods():
         return
-    loader = torch.utils.data.DataLoader(pairs, batch_size=4, num_workers=2, multiprocessing_context="fork",
-                                         collate_fn=lambda batch: [e.query_id for e in batch])
-    assert [q for batch in loader for q in batch] == expected
+    # Forked workers in a fresh interpreter: forking this pytest process (a JVM from the BM25 tests, torch and
+    # OpenMP thread pools) is itself unsafe and crashed a full-suite run with SIGSEGV.
+    code = f"""
+import torch
+from retr.retriever.data.examples import PairExamples, TevatronFile
+pairs = PairExamples(TevatronFile({str(path)!r}))
+expected = [e.query_id for e in pairs]  # the parent reads (opens the file) before the workers fork
+loader = torch.utils.data.DataLoader(pairs, batch_size=4, num_workers=2, multiprocessing_context="fork",
+                                     collate_fn=lambda batch: [e.query_id for e in batch])
+got = [q for batch in loader for q in batch]
+assert got == expected, (got[:5], expected[:5])
+print("same lines", len(got))
+"""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and f"same lines {len(expected)}" in run.stdout, run.stderr[-2000:]
