@@ -222,3 +222,32 @@ def test_trainer_batches_whole_clusters_with_cluster_negatives(tmp_path, tiny_mo
     batch = trainer.collate(trainer.sampler.batches(0)[0], 0)
     assert batch["passage_keys"].shape[0] == 16 * 3  # positive + 2 cluster negatives per query
     assert trainer.train()["steps"] == 1
+
+
+def test_long_exclusions_search_fewer_rows_at_once(topics, monkeypatch):
+    """Sibling exclusion widens the search depth by the longest exclusion of a search batch (NFCorpus pairs:
+    up to ~100k rows, so 4096 rows x 100k = ~5 GiB of FAISS results): rows per search shrink so rows x depth
+    stays within ``max_entries``, with the same windows as one unbounded search."""
+    import faiss
+
+    from retr.retriever.training.b3 import ranked_windows
+
+    q, p = topics
+    banned = {i: np.arange(i + 1, i + 1 + (300 if i % 50 == 0 else 5)) % 600 for i in range(600)}
+    calls = []
+
+    class Recording(faiss.IndexFlatIP):
+        def search(self, x, k, *args, **kwargs):
+            calls.append((len(x), k))
+            return super().search(x, k, *args, **kwargs)
+
+    monkeypatch.setattr(faiss, "IndexFlatIP", Recording)
+    whole = np.concatenate([r for _, r in ranked_windows(q, p, 3, 10, exclude=lambda i: banned[i],
+                                                         max_entries=10**9)])
+    assert calls == [(600, 314)]  # one search, as deep as the longest exclusion needs
+    calls.clear()
+    parts = list(ranked_windows(q, p, 3, 10, batch=256, exclude=lambda i: banned[i], max_entries=5000))
+    assert all(rows * depth <= 5000 or rows == 1 for rows, depth in calls) and len(calls) > 3
+    assert [s for s, _ in parts] == np.cumsum([0] + [len(r) for _, r in parts])[:-1].tolist()
+    assert np.array_equal(np.concatenate([r for _, r in parts]), whole)
+    assert not any(j in set(banned[i].tolist()) for i, row in enumerate(whole) for j in row.tolist())

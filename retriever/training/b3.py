@@ -61,7 +61,7 @@ class B3Config:
 
 def ranked_windows(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096,
                    groups: np.ndarray | None = None, exclude: Callable[[int], np.ndarray] | None = None,
-                   ) -> Iterator[tuple[int, np.ndarray]]:
+                   max_entries: int = 1 << 24) -> Iterator[tuple[int, np.ndarray]]:
     """Per search batch: (first row, [b, p + m] int32) the other examples whose positives rank 1..p+m for each
     query, best first, -1 where fewer exist.
 
@@ -70,18 +70,33 @@ def ranked_windows(queries: np.ndarray, positives: np.ndarray, p: int, m: int, b
     ``exclude(i)``: more example indices that take no rank in i's window (e.g. sibling queries).
 
     Memory: the flat index of positives (n x dim floats) and one search batch of ranks; the search depth grows
-    by the largest group and the largest exclusion in the batch."""
+    by the largest group and the largest exclusion in the batch. With ``exclude`` a batch holds fewer rows when
+    its exclusions are long, so that rows x depth (FAISS's result, 12 bytes an entry) and the rows' exclusions
+    stay within ``max_entries`` or the plain path's ``batch`` x depth, whichever is more (NFCorpus (query,
+    positive) pairs with sibling exclusion exclude up to 100k rows each: 4096 x 100k would be ~5 GiB)."""
     import faiss
 
     n = len(queries)
     groups = _group_codes(groups, n)
     largest = int(np.bincount(groups).max()) if n else 1
+    base = min(n, p + m + largest)
+    budget = max(max_entries, batch * base)  # never fewer rows than the plain path searches at once
     index = faiss.IndexFlatIP(positives.shape[1])
     index.add(np.ascontiguousarray(positives, dtype=np.float32))
-    for s in range(0, n, batch):
+    s = 0
+    while s < n:
         stop = min(n, s + batch)
-        excluded = [exclude(i) for i in range(s, stop)] if exclude is not None else None
-        extra = max((len(e) for e in excluded), default=0) if excluded else 0
+        excluded, extra = None, 0
+        if exclude is not None:
+            excluded = []
+            for i in range(s, stop):
+                e = exclude(i)
+                wider = max(extra, len(e))
+                if excluded and (len(excluded) + 1) * min(n, base + wider) > budget:
+                    break
+                excluded.append(e)
+                extra = wider
+            stop = s + len(excluded)
         depth = min(n, p + m + largest + extra)
         _, rows = index.search(np.ascontiguousarray(queries[s:stop], dtype=np.float32), depth)
         out = np.full((stop - s, p + m), -1, np.int32)
@@ -93,7 +108,9 @@ def ranked_windows(queries: np.ndarray, positives: np.ndarray, p: int, m: int, b
                 row = row[~np.isin(row, excluded[r])]
             row = row[:p + m]
             out[r, :len(row)] = row
+        del rows
         yield s, out
+        s = stop
 
 
 def rank_window_edges(queries: np.ndarray, positives: np.ndarray, p: int, m: int, batch: int = 4096,
