@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_beir
+from conftest import one_line_error, run_cli, write_beir
 from retr.retriever.data.training import Passage, TrainExample
 from retr.retriever.training.b3 import B3BatchSampler, B3Config, mine_b3, mine_clusters, rank_window_edges
 from retr.retriever.training.b3_authors import ClusterNegativeExamples, cluster_negatives, exact_k, mutual_edges
@@ -251,3 +251,33 @@ def test_long_exclusions_search_fewer_rows_at_once(topics, monkeypatch):
     assert [s for s, _ in parts] == np.cumsum([0] + [len(r) for _, r in parts])[:-1].tolist()
     assert np.array_equal(np.concatenate([r for _, r in parts]), whole)
     assert not any(j in set(banned[i].tolist()) for i, row in enumerate(whole) for j in row.tolist())
+
+
+def test_damaged_b3_caches_are_one_line_errors_naming_the_file(tmp_path, tiny_model_dir, capsys):
+    """A cache file with ids beyond the data, missing cluster negatives, or a damaged teacher-embedding file
+    stops the run before training with the file named (exit 2), and is left as it was."""
+    data = _synthetic_beir(tmp_path / "data")
+    cache = tmp_path / "cache"
+    args = ["train", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", data, "--batching", "b3", "--b3-teacher",
+            tiny_model_dir, "--b3-p", "1", "--b3-m", "6", "--b3-cluster-size", "8", "--b3-cache", cache,
+            "--batch-size", "8", "--b3-exact-k", "--b3-clusters-per-batch", "1", "--b3-cluster-negatives", "2",
+            "--train-negatives", "2", "--max-steps", "1", "--save-steps", "0"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (mined,) = cache.glob("b3-[0-9a-f]*.json")
+    (emb,) = cache.glob("b3-emb-*.npz")
+    good = json.loads(mined.read_text())
+    for edit, words in ((lambda d: d["clusters"][0].__setitem__(0, 999), "cluster 0 holds 999"),
+                        (lambda d: d["negatives"][3].append(-1), "cluster negatives of example 3 holds -1"),
+                        (lambda d: d.__setitem__("negatives", []), "0 cluster-negative lists for 40"),
+                        (lambda d: d.pop("clusters"), "no 'clusters' list")):
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        mined.write_text(json.dumps(bad))
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and str(mined) in one_line_error(err) and words in one_line_error(err)
+        assert json.loads(mined.read_text()) == bad  # reported, not overwritten
+    mined.unlink()  # mining again needs the teacher embeddings
+    emb.write_bytes(emb.read_bytes()[:200])
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and str(emb) in one_line_error(err) and "damaged teacher embeddings" in one_line_error(err)

@@ -332,18 +332,55 @@ def cached_clusters(cache_dir: str | Path, key_parts: dict, compute) -> tuple[li
     return clusters, stats
 
 
-def cached_mining(cache_dir: str | Path, key_parts: dict, compute) -> tuple[list[list[int]], dict, list[list[int]]]:
+def cached_mining(cache_dir: str | Path, key_parts: dict, compute, n: int | None = None,
+                  want_negatives: bool = False) -> tuple[list[list[int]], dict, list[list[int]]]:
     """(clusters, stats, cluster negatives) cached under a key of ``key_parts`` (JSON, written atomically), or
-    ``compute()`` -> that triple, then cached."""
+    ``compute()`` -> that triple, then cached. A cached file is checked against ``n`` examples (ids in range;
+    ``want_negatives``: one negative list per example): a damaged or foreign file is an ``ArtifactError``
+    naming it, never a crash mid-training."""
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"b3-{key}.json"
     if path.exists():
         data = read_json(path)
+        clusters, stats, negatives = check_cached_mining(path, data, n, want_negatives)
         log.info("B3 clusters loaded from cache %s", path)
-        return data["clusters"], {**data["stats"], "cache": str(path), "cached": True}, data.get("negatives", [])
+        return clusters, {**stats, "cache": str(path), "cached": True}, negatives
     clusters, stats, negatives = compute()
     write_json_atomic(path, {"key": key_parts, "stats": stats, "clusters": clusters, "negatives": negatives})
     return clusters, {**stats, "cache": str(path), "cached": False}, negatives
+
+
+def check_cached_mining(path: str | Path, data, n: int | None = None, want_negatives: bool = False
+                        ) -> tuple[list[list[int]], dict, list[list[int]]]:
+    """(clusters, stats, negatives) of a loaded B3 cache file, or an ``ArtifactError`` saying what is wrong."""
+    from retr.indexing.errors import ArtifactError
+
+    def bad(why: str):
+        raise ArtifactError(f"{path}: {why} (a damaged or foreign B3 cache: delete it to mine again)")
+
+    def ids(values, what: str) -> None:
+        if not isinstance(values, list):
+            bad(f"{what} is not a list")
+        for v in values:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (n is not None and v >= n):
+                bad(f"{what} holds {v!r}, not an example id" + (f" in 0..{n - 1}" if n is not None else ""))
+
+    if not isinstance(data, dict) or not isinstance(data.get("clusters"), list) or not data["clusters"]:
+        bad("no 'clusters' list")
+    stats = data.get("stats", {})
+    if not isinstance(stats, dict):
+        bad("'stats' is not an object")
+    for c, cluster in enumerate(data["clusters"]):
+        ids(cluster, f"cluster {c}")
+    negatives = data.get("negatives", [])
+    if not isinstance(negatives, list):
+        bad("'negatives' is not a list")
+    if negatives or want_negatives:
+        if n is not None and len(negatives) != n:
+            bad(f"{len(negatives)} cluster-negative lists for {n} training examples")
+        for i, row in enumerate(negatives):
+            ids(row, f"the cluster negatives of example {i}")
+    return data["clusters"], stats, negatives
 
 
 def b3_config_dict(cfg: B3Config) -> dict:

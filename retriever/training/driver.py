@@ -262,11 +262,12 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
         exclude = sibling_exclusion(examples) if b3.sibling_exclusion else None
         return mine_b3(emb["q"], emb["p"], b3, groups=query_ids, exclude=exclude)
 
+    check = dict(n=len(examples), want_negatives=b3.cluster_negatives > 0)
     if dist.is_main:
-        clusters, stats, negatives = cached_mining(cache, key, compute)
+        clusters, stats, negatives = cached_mining(cache, key, compute, **check)
     barrier(dist)
     if not dist.is_main:
-        clusters, stats, negatives = cached_mining(cache, key, compute)
+        clusters, stats, negatives = cached_mining(cache, key, compute, **check)
     sampler = B3BatchSampler(clusters, cfg.batch_size, seed=cfg.seed, clusters_per_batch=cfg.b3_clusters_per_batch)
     sampler.negatives = negatives
     report = {**stats, "size_histogram": size_histogram(clusters)}
@@ -301,8 +302,19 @@ def _teacher_embeddings(teacher: DualEncoder, queries: list[str], positives: lis
     key = hashlib.sha256(json.dumps(data_key, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(cache, f"b3-emb-{key}.npz")
     if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as data:
-            return {"q": data["q"], "p": data["p"]}
+        import zipfile
+
+        from retr.indexing.errors import ArtifactError
+
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                out = {"q": data["q"], "p": data["p"]}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ArtifactError(f"{path}: damaged teacher embeddings ({e}): delete it to encode again") from None
+        if out["q"].ndim != 2 or out["q"].shape != out["p"].shape:
+            raise ArtifactError(f"{path}: teacher embeddings of shapes {out['q'].shape} and {out['p'].shape}: "
+                                "delete it to encode again")
+        return out
     flat = _encode_unique(teacher.encode_passages, [t for texts in positives for t in texts])
     starts = np.cumsum([0] + [len(texts) for texts in positives])
     out = {"q": _encode_unique(teacher.encode_queries, queries),
