@@ -126,7 +126,8 @@ def train_command(
     b3_cluster_negatives: Annotated[Optional[int], Opt("--b3-cluster-negatives", min=0, help="B3++: hard "
                                                        "negatives per query drawn from its cluster's pooled "
                                                        "windows, weighted by count, minus a penalty for each "
-                                                       "top-p appearance; use with --train-negatives N.")] = None,
+                                                       "top-p appearance; they replace the examples' own hard "
+                                                       "negatives; needs --train-negatives N.")] = None,
     b3_sibling_exclusion: Annotated[Optional[bool], Opt("--b3-sibling-exclusion", help="B3: rank windows skip "
                                                         "queries sharing a judged positive (multi-positive "
                                                         "data, e.g. NFCorpus).")] = None,

@@ -196,6 +196,22 @@ def test_cli_refuses_inconsistent_b3_options(tmp_path, tiny_model_dir, capsys):
     assert code == 2 and "--b3-exact-k" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(base + ["--b3-exact-k", "--b3-clusters-per-batch", "3"], capsys)
     assert code == 2 and "must equal --batch-size 16" in err and "Traceback" not in err
+    # issue 21's options are never ignored: without --batching b3, cluster negatives nobody trains with, or
+    # cluster negatives that would silently replace a --negatives file
+    random = [a for a in base if a not in ("--batching", "b3")]
+    for flags, words in ((["--b3-mutual-edges"], "--b3-mutual-edges needs --batching b3"),
+                         (["--b3-sibling-exclusion"], "--b3-sibling-exclusion needs --batching b3"),
+                         (["--b3-cluster-negatives", "2", "--train-negatives", "2"], "needs --batching b3")):
+        code, _, err = run_cli(random + flags, capsys)
+        assert code == 2 and words in one_line_error(err)
+    code, _, err = run_cli(base + ["--b3-cluster-negatives", "2", "--train-negatives", "0"], capsys)
+    assert code == 2 and "needs --train-negatives" in one_line_error(err)
+    code, _, err = run_cli(base + ["--b3-cluster-negatives", "2", "--train-negatives", "2", "--negatives",
+                                   tmp_path / "mined.jsonl"], capsys)
+    assert code == 2 and "replaces the hard negatives of --negatives" in one_line_error(err)
+    code, _, err = run_cli(base + ["--mode", "unsupervised"], capsys)
+    assert code == 2 and "use --mode supervised or reranker" in one_line_error(err)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_trainer_batches_whole_clusters_with_cluster_negatives(tmp_path, tiny_model_dir):

@@ -159,6 +159,23 @@ class TrainConfig:
 
         if self.b3_cluster_negatives < 0:  # issue 21
             raise ValueError("--b3-cluster-negatives must be >= 0")
+        if self.batching != "b3":  # issue 21's options change B3 mining only: never ignored silently
+            given = [flag for flag, on in (("--b3-mutual-edges", self.b3_mutual_edges), ("--b3-exact-k", self.b3_exact_k),
+                                           ("--b3-clusters-per-batch", self.b3_clusters_per_batch is not None),
+                                           ("--b3-cluster-negatives", self.b3_cluster_negatives),
+                                           ("--b3-sibling-exclusion", self.b3_sibling_exclusion)) if on]
+            if given:
+                raise ValueError(f"{given[0]} needs --batching b3")
+        elif self.mode == "unsupervised":
+            raise ValueError("B3 batching needs (query, positive) examples: use --mode supervised or reranker")
+        if self.b3_cluster_negatives and not self.train_negatives:
+            raise ValueError(f"--b3-cluster-negatives {self.b3_cluster_negatives} needs --train-negatives N (how many "
+                             "of them each query trains with); without it they are mined and never used")
+        if self.b3_cluster_negatives and self.negatives_file:
+            raise ValueError("--b3-cluster-negatives replaces the hard negatives of --negatives: give one of them")
+        if self.b3_cluster_negatives and self.distill is not None:
+            raise ValueError("--b3-cluster-negatives is not used when distilling (the teacher-scored passages are "
+                             "the negatives)")
         if self.b3_clusters_per_batch is not None and self.batch_size != self.b3_clusters_per_batch * self.b3_cluster_size:
             raise ValueError(f"--b3-clusters-per-batch {self.b3_clusters_per_batch} x --b3-cluster-size "
                              f"{self.b3_cluster_size} must equal --batch-size {self.batch_size}")
