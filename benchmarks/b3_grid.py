@@ -91,6 +91,15 @@ def run_grid(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "grid.json")
     results = json.load(open(path)) if os.path.exists(path) else {}
+    # runs are keyed by train sets / variant / seed only: runs of other steps, lr or teacher must not be mixed in
+    settings = {"steps": args.steps or 150, "lr": args.lr, "teacher": args.teacher or "minilm"}
+    held = results.get("_settings")
+    if held is None and results:
+        print(f"warning: {path} records no settings (runs from before they were recorded); assuming {settings}")
+    elif held is None:
+        results["_settings"] = settings
+    elif held != settings:
+        raise SystemExit(f"error: {path} holds runs with {held}, not {settings}: use another --out")
     tests = {d: load_beir(os.path.join(args.data, d), "test") for d in POOLED}
     for cell in args.cell:
         spec = CELLS[cell]

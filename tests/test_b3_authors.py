@@ -297,3 +297,27 @@ def test_damaged_b3_caches_are_one_line_errors_naming_the_file(tmp_path, tiny_mo
     emb.write_bytes(emb.read_bytes()[:200])
     code, _, err = run_cli(args, capsys)
     assert code == 2 and str(emb) in one_line_error(err) and "damaged teacher embeddings" in one_line_error(err)
+
+
+def test_b3_grid_refuses_to_mix_runs_of_other_settings(tmp_path, monkeypatch, capsys):
+    """benchmarks/b3_grid.py keys runs by train sets / variant / seed: a second call with other --steps, --lr or
+    --teacher in the same --out would have printed the first call's results under the new settings."""
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import b3_grid
+
+    monkeypatch.setattr("retr.retriever.data.load_beir", lambda *a, **k: None)
+    monkeypatch.setattr(b3_grid, "train_and_eval", lambda train, variant, seed, args, tests: {
+        "nfcorpus": 0.1 + 0.01 * seed + (0.001 * args.steps + 0.0001 * seed if variant != "random" else 0)})
+    args = Namespace(out=str(tmp_path / "grid"), data=str(tmp_path), cell=["d"], seeds=[1, 2, 3], steps=10,
+                     lr=5e-4, teacher=None, mined=None)
+    b3_grid.run_grid(args)
+    assert "+0.0102 ± 0.0001 (n=3)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="holds runs with .*'steps': 10.* not .*'steps': 20"):
+        b3_grid.run_grid(Namespace(**{**vars(args), "steps": 20}))
+    b3_grid.run_grid(Namespace(**{**vars(args), "out": str(tmp_path / "grid20"), "steps": 20}))
+    assert "+0.0202 ± 0.0001 (n=3)" in capsys.readouterr().out
+    sys.modules.pop("b3_grid", None)
