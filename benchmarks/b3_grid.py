@@ -112,11 +112,14 @@ def run_grid(args) -> None:
                                     "seconds": round(time.perf_counter() - t0)}
                     write_json_atomic(path, results)
                 print(key, results[key], flush=True)
-    print_grid(results, args.cell, paired_stats)
+    if len(args.seeds) < 5:
+        print(f"note: {len(args.seeds)} seed(s): the study's claims need >= 5 paired seeds (p is nan below 2)")
+    print_grid(results, args.cell, paired_stats, seeds=[str(s) for s in args.seeds])
 
 
-def print_grid(results: dict, cells: list[str], paired_stats) -> None:
-    """One row per (cell, comparison, test set): both means, the paired difference, p and the detectable one."""
+def print_grid(results: dict, cells: list[str], paired_stats, seeds: list[str] | None = None) -> None:
+    """One row per (cell, comparison, test set): both means, the paired difference, p and the detectable one,
+    over ``seeds`` (the ones asked for; other seeds cached in the same grid.json are left out)."""
     print("\n| cell | variant vs baseline | test | variant nDCG@10 | baseline | paired diff | p | detectable (80%) |")
     print("|---|---|---|---|---|---|---|---|")
     for cell in cells:
@@ -126,11 +129,11 @@ def print_grid(results: dict, cells: list[str], paired_stats) -> None:
             for test in spec["train"]:
                 a = {k.split("/")[2]: v[test] for k, v in results.items() if k.startswith(f"{train}/{variant}/")}
                 b = {k.split("/")[2]: v[test] for k, v in results.items() if k.startswith(f"{train}/{base}/")}
-                seeds = sorted(set(a) & set(b))
-                if not seeds:
+                both = sorted(set(a) & set(b) & (set(seeds) if seeds is not None else set(a)))
+                if not both:
                     continue
-                s = paired_stats([a[x] - b[x] for x in seeds])
-                mean_a = sum(a[x] for x in seeds) / len(seeds)
-                mean_b = sum(b[x] for x in seeds) / len(seeds)
+                s = paired_stats([a[x] - b[x] for x in both])
+                mean_a = sum(a[x] for x in both) / len(both)
+                mean_b = sum(b[x] for x in both) / len(both)
                 print(f"| {cell} | {variant} vs {base} | {test} | {mean_a:.4f} | {mean_b:.4f} | "
                       f"{s['mean']:+.4f} ± {s['sd']:.4f} (n={s['n']}) | {s['p']:.3f} | {s['mdd']:.4f} |")

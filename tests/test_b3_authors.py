@@ -320,4 +320,8 @@ def test_b3_grid_refuses_to_mix_runs_of_other_settings(tmp_path, monkeypatch, ca
         b3_grid.run_grid(Namespace(**{**vars(args), "steps": 20}))
     b3_grid.run_grid(Namespace(**{**vars(args), "out": str(tmp_path / "grid20"), "steps": 20}))
     assert "+0.0202 ± 0.0001 (n=3)" in capsys.readouterr().out
+    # the table covers the seeds asked for, not every seed cached in the same grid.json
+    b3_grid.run_grid(Namespace(**{**vars(args), "seeds": [1, 2]}))
+    out = capsys.readouterr().out
+    assert "(n=2)" in out and "(n=3)" not in out and ">= 5 paired seeds" in out
     sys.modules.pop("b3_grid", None)
