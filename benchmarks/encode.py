@@ -7,6 +7,8 @@ Prints docs/s for each, the ratio to ST fp32, and the min cosine to retr torch f
 `--bf16` adds retr torch with bf16 autocast (`--precision bf16`). `--backends` (issue 22) adds ONNX Runtime fp32 (plain
 graph, and fused by ORT's transformer optimizer as `--backend onnx` runs it), OpenVINO fp32 (exact), OpenVINO
 bf16 hint and ONNX Runtime int8 (dynamic, per-channel, of the fused graph as `retr export --quantize int8`).
+`--compile` adds `--backend compile` (torch.compile, frozen weights; fp32, and bf16 with `--bf16`); its compile
+time is spent in the warm-up and printed, not counted in docs/s.
 """
 from __future__ import annotations
 
@@ -30,13 +32,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--backends", action="store_true", help="add ONNX Runtime / OpenVINO rows (issue 22)")
+    ap.add_argument("--compile", action="store_true", help="add --backend compile (torch.compile) rows")
     ap.add_argument("--ov-streams", type=int, default=None, help="OpenVINO parallel infer requests (default: "
                     "one per thread)")
     args = ap.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
-    from retr.retriever.backends import OnnxRunner, OpenVinoRunner, export_for_ort, export_onnx, quantize_int8
+    from retr.retriever.backends import CompiledRunner, OnnxRunner, OpenVinoRunner, export_for_ort, export_onnx, quantize_int8
     from retr.retriever.data import load_corpus
     from retr.retriever.modeling import Encoder, packaged_minilm_path
 
@@ -59,6 +62,11 @@ def main() -> None:
         setups["retr openvino fp32"] = (OpenVinoRunner(graph, "f32", streams=args.ov_streams), "fp32")
         setups["retr openvino bf16 hint"] = (OpenVinoRunner(graph, "bf16", streams=args.ov_streams), "fp32")
         setups["retr onnx int8 (ORT, export --quantize int8)"] = (OnnxRunner(int8), "fp32")
+    if args.compile:
+        setups["retr torch.compile fp32 (--backend compile)"] = (CompiledRunner(enc, "f32"), "fp32")
+        if args.bf16:
+            setups["retr torch.compile bf16 (--backend compile --precision bf16)"] = (CompiledRunner(enc, "bf16"),
+                                                                                       "fp32")
     names = ["sentence-transformers fp32", *setups]
     times: dict[str, list[float]] = {n: [] for n in names}
     outs: dict[str, np.ndarray] = {}
@@ -76,7 +84,9 @@ def main() -> None:
             outs[name] = out
 
     for name in names:  # warm-up every engine (graph compilation, first allocations)
+        t0 = time.perf_counter()
         run(name, texts[:64])
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             run(name)

@@ -1,5 +1,5 @@
-"""Inference backends for an ``Encoder``: ``torch`` (the model itself), ``onnx`` (ONNX Runtime) and
-``openvino`` (OpenVINO), chosen per run with ``--backend``.
+"""Inference backends for an ``Encoder``: ``torch`` (the model itself), ``compile`` (the same forward through
+``torch.compile``), ``onnx`` (ONNX Runtime) and ``openvino`` (OpenVINO), chosen per run with ``--backend``.
 
 The ONNX graph holds the whole forward of ``Encoder``: transformer, pooling (mean / cls / last), Matryoshka
 truncation and L2 normalisation, so ``[B, L] input_ids, attention_mask (int64) -> [B, dim] float32``; the
@@ -16,6 +16,12 @@ rounding (cosine >= 0.99999 to torch fp32: tests/test_export.py). OpenVINO's CPU
 CPUs is bf16, so retr sets f32 unless ``--precision bf16`` asks for it. An int8 graph (``quantize_int8``:
 ONNX Runtime dynamic quantisation, per-channel weights) is not exact; ``retr export`` reports its parity.
 
+``compile`` is inductor with frozen weights (``freezing``: weights become graph constants, the elementwise
+work around the fp32 GEMMs - bias, GELU, residual adds, layer norms - is fused into generated C++ kernels);
+it stays fp32 (cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact CPU path measured here
+(RESULTS.md section 17). Its cost: the first batches of each process compile (~30 s for MiniLM, a C++
+compiler is needed; later processes reuse inductor's on-disk cache), so it pays off on large corpora.
+
 OpenVINO runs a block's batches on ``streams`` parallel infer requests (``AsyncInferQueue``, THROUGHPUT hint,
 one stream per thread by default, so one core each): the set-up measured in RESULTS.md section 17. A lone
 batch (a served query batch) then runs on one stream, i.e. one core; one stream with all threads was not
@@ -27,6 +33,7 @@ References: ONNX Runtime (onnxruntime.ai), OpenVINO (docs.openvino.ai), torch.on
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,7 +49,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "openvino")
+BACKENDS = ("torch", "compile", "onnx", "openvino")
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
 INPUTS = ("input_ids", "attention_mask")
@@ -230,6 +237,38 @@ class OpenVinoRunner:
         return out
 
 
+class CompiledRunner:
+    """``PooledGraph`` of ``encoder`` through ``torch.compile`` (inductor, ``dynamic`` batch and length,
+    ``freezing``), run under ``inference_mode``; ``precision`` f32 (exact) or bf16 (autocast). Compiles on the
+    first call (and once more for a new rank of shapes, e.g. a batch of one); raises ``ValueError`` when no C++
+    compiler is found (inductor's CPU kernels are C++). Memory: the torch model (frozen constants share its
+    weights' storage after folding) plus one batch of activations."""
+
+    kind = "compile"
+
+    def __init__(self, encoder: Any, precision: str = "f32"):
+        if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
+            raise ValueError("--backend compile needs a C++ compiler on PATH (g++ or clang++; or set CXX): "
+                             "torch.compile writes C++ kernels for the CPU")
+        self.graph = PooledGraph(encoder).eval()
+        self.device = next(encoder.model.parameters()).device
+        self.precision, self.digest = precision, "inductor"
+        self.fn = torch.compile(self.graph, dynamic=True, options={"freezing": True})
+        log.info("--backend compile: torch.compile (inductor) compiles on the first batches (~30 s for MiniLM)")
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """[B, L] int64 arrays -> [B, dim] float32."""
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device)
+            mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device)
+            return self.fn(ids, mask).float().cpu().numpy()
+
+    def run_many(self, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return [self(i, m) for i, m in batches]
+
+
 def make_runner(backend: str, encoder: Any, precision: str = "auto", model_dir: str | os.PathLike | None = None,
                 threads: int | None = None) -> Any:
     """The runner of ``backend`` for ``encoder``: from the export in ``model_dir`` (``retr export``: ``model.onnx``,
@@ -241,11 +280,17 @@ def make_runner(backend: str, encoder: Any, precision: str = "auto", model_dir: 
         return None
     if precision in ("auto", "fp32"):
         hint = "f32"
+    elif backend == "compile" and precision == "bf16":
+        hint = "bf16"
     elif backend == "openvino":
         hint = {"bf16": "bf16", "fp16": "f16"}[precision]
+    elif backend == "compile":
+        raise ValueError(f"--precision {precision} does not apply to --backend compile (fp32 or bf16)")
     else:
         raise ValueError(f"--precision {precision} does not apply to --backend onnx (fp32 only; an int8 graph "
                          "comes from `retr export --quantize int8`)")
+    if backend == "compile":
+        return CompiledRunner(encoder, hint)
     model_dir = Path(model_dir) if model_dir else None
     if model_dir is not None and backend == "openvino" and (model_dir / OPENVINO_FILE).exists():
         return OpenVinoRunner(model_dir / OPENVINO_FILE, hint, threads)

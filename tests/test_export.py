@@ -104,7 +104,7 @@ def test_graph_holds_cls_pooling_truncation_and_prompts(tmp_path, capsys):
     assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)  # no normalisation when the model has none
 
 
-@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+@pytest.mark.parametrize("backend", ["onnx", "openvino", "compile"])
 def test_backend_encodes_equal_vectors(model_dir, backend):
     from retr.retriever.modeling import DualEncoder
 
@@ -281,6 +281,29 @@ def test_export_bad_options_one_line(model_dir, beir, tmp_path, capsys, args, me
     assert code == 2
     assert message in one_line_error(err)
     assert not (tmp_path / "x").exists()
+
+
+def test_backend_compile_on_encode_and_eval(model_dir, beir, tmp_path, capsys):
+    """--backend compile (torch.compile, frozen weights) writes torch's vectors and gives torch's metrics."""
+    code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "emb", "--backend", "compile",
+                            "--batch-size", "3"], capsys)
+    assert code == 0, err
+    shard = next((tmp_path / "emb").iterdir())
+    docs = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    passages = [(d["title"] + " " + d["text"]) if d["title"] else d["text"] for d in docs]
+    np.testing.assert_allclose(np.load(shard / "embeddings.npy"), torch_vectors(model_dir, passages), atol=1e-5)
+    assert json.loads((shard / "meta.json").read_text())["encoding"]["backend"] == "compile:f32:inductor"
+    results = {}
+    for backend in ("torch", "compile"):
+        code, _, err = run_cli(["eval", "-m", model_dir, "-d", beir, "-o", tmp_path / f"{backend}.eval.json",
+                                "--backend", backend], capsys)
+        assert code == 0, err
+        results[backend] = json.loads((tmp_path / f"{backend}.eval.json").read_text())["metrics"]
+    assert results["compile"] == pytest.approx(results["torch"], abs=1e-6) and results["torch"]
+    code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "e16", "--backend", "compile",
+                            "--precision", "fp16"], capsys)
+    assert code == 2
+    assert "--precision fp16 does not apply to --backend compile" in one_line_error(err)
 
 
 def test_backend_precision_refused_in_one_line(model_dir, beir, tmp_path, capsys):
