@@ -119,10 +119,11 @@ def cluster_negatives(ranks: np.ndarray, clusters: Sequence[Sequence[int]], n_ne
         cursor = 0
         for member in rng.permutation(members):
             got: list[int] = []
-            banned = set(exclude(int(member)).tolist()) if exclude is not None else set()
+            banned = np.isin(order, exclude(int(member))) if exclude is not None else np.zeros(len(order), bool)
             for step in range(len(order)):
-                j = int(order[(cursor + step) % len(order)])
-                if codes[j] != codes[member] and j not in got and j not in banned:
+                at = (cursor + step) % len(order)
+                j = int(order[at])
+                if codes[j] != codes[member] and j not in got and not banned[at]:
                     got.append(j)
                     if len(got) == n_negatives:
                         break

@@ -217,8 +217,10 @@ def b3_config(cfg: TrainConfig):
 
 def sibling_exclusion(examples) -> Callable[[int], np.ndarray]:
     """``exclude(i)``: the examples whose query shares a judged positive with example i's query (its
-    siblings' examples, ``SiblingPositives.sharing_queries``). Memory: the judged pairs and a query -> examples
-    map (O(judged pairs + examples)); each row's set is built on demand."""
+    siblings' examples, ``SiblingPositives.sharing_queries``). It depends on i's query id alone, which
+    ``exclude.key`` (one query id per example) tells ``ranked_windows``, so a query's pairs are searched once.
+    Memory: the judged pairs and a query -> examples map (O(judged pairs + examples)); each row's set is built
+    on demand, by concatenating its sibling queries' row arrays."""
     from ..false_negatives import SiblingPositives
 
     rows_of: dict[str, list[int]] = {}
@@ -228,9 +230,13 @@ def sibling_exclusion(examples) -> Callable[[int], np.ndarray]:
         qrels.setdefault(e.query_id, {d: 1 for d in e.known_positives})
     siblings = SiblingPositives(qrels)
     qids = [e.query_id for e in examples]
+    arrays = {q: np.asarray(r, np.int64) for q, r in rows_of.items()}
+    empty = np.zeros(0, np.int64)
 
     def exclude(i: int) -> np.ndarray:
-        return np.asarray([r for q in siblings.sharing_queries(qids[i]) for r in rows_of[q]], np.int64)
+        sharing = siblings.sharing_queries(qids[i])
+        return np.concatenate([arrays[q] for q in sharing]) if sharing else empty
+    exclude.key = qids
     return exclude
 
 
