@@ -104,7 +104,17 @@ def test_graph_holds_cls_pooling_truncation_and_prompts(tmp_path, capsys):
     assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)  # no normalisation when the model has none
 
 
-@pytest.mark.parametrize("backend", ["onnx", "openvino", "compile"])
+def _has_cxx() -> bool:
+    import os
+    import shutil
+
+    return any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++"))
+
+
+needs_cxx = pytest.mark.skipif(not _has_cxx(), reason="--backend compile needs a C++ compiler (inductor)")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino", pytest.param("compile", marks=needs_cxx)])
 def test_backend_encodes_equal_vectors(model_dir, backend):
     from retr.retriever.modeling import DualEncoder
 
@@ -283,6 +293,18 @@ def test_export_bad_options_one_line(model_dir, beir, tmp_path, capsys, args, me
     assert not (tmp_path / "x").exists()
 
 
+def test_backend_compile_without_a_compiler_is_one_line(model_dir, beir, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "e", "--backend", "compile"],
+                           capsys)
+    assert code == 2
+    assert "--backend compile needs a C++ compiler" in one_line_error(err)
+    assert not (tmp_path / "e").exists() or not any((tmp_path / "e").rglob("embeddings.npy"))
+
+
+@needs_cxx
 def test_backend_compile_on_encode_and_eval(model_dir, beir, tmp_path, capsys):
     """--backend compile (torch.compile, frozen weights) writes torch's vectors and gives torch's metrics."""
     code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "emb", "--backend", "compile",
