@@ -306,6 +306,45 @@ def test_backend_compile_on_encode_and_eval(model_dir, beir, tmp_path, capsys):
     assert "--precision fp16 does not apply to --backend compile" in one_line_error(err)
 
 
+def _path_without_gxx(tmp_path: Path) -> str:
+    """A PATH mirroring the current one (symlinks) without g++ (nor clang++): only ``c++`` is left."""
+    import os
+    import shutil
+
+    if shutil.which("c++") is None:
+        pytest.skip("no c++ on PATH")
+    mirror = tmp_path / "bin"
+    mirror.mkdir()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if not Path(folder).is_dir():
+            continue
+        for f in Path(folder).iterdir():
+            name = f.name
+            if "g++" in name or name.startswith("clang++") or (mirror / name).exists():
+                continue
+            (mirror / name).symlink_to(f)
+    return str(mirror)
+
+
+def test_backend_compile_without_gxx_uses_the_compiler_on_path(model_dir, beir, tmp_path, capsys, monkeypatch):
+    """Inductor alone tries only $CXX or g++: with c++ but no g++ on PATH, --backend compile must still write
+    torch's vectors (it hands inductor the compiler it found); a CXX that is not there is one line, exit 2."""
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", _path_without_gxx(tmp_path))
+    code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "emb", "--backend", "compile"],
+                           capsys)
+    assert code == 0, err
+    shard = next((tmp_path / "emb").iterdir())
+    docs = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    passages = [(d["title"] + " " + d["text"]) if d["title"] else d["text"] for d in docs]
+    np.testing.assert_allclose(np.load(shard / "embeddings.npy"), torch_vectors(model_dir, passages), atol=1e-5)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "e2", "--backend", "compile"],
+                           capsys)
+    assert code == 2
+    assert "CXX=" in one_line_error(err) and "is not found" in one_line_error(err)
+
+
 def test_backend_precision_refused_in_one_line(model_dir, beir, tmp_path, capsys):
     code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "e", "--backend", "onnx",
                             "--precision", "bf16"], capsys)
