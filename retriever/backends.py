@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import tempfile
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -264,6 +265,12 @@ class CompiledRunner:
     def __init__(self, encoder: Any, precision: str = "f32"):
         cxx = cpp_compiler()
         self.graph = PooledGraph(encoder).eval()
+        # dynamo keeps compiled graphs (and counts recompiles, limit 8) per code object: a copy of forward's code
+        # per runner, so other runners in the process (towers, models, shapes) neither share its cache nor push
+        # it over the limit, past which dynamo silently runs eager
+        f = PooledGraph.forward
+        own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+        self.graph.forward = types.MethodType(own, self.graph)  # type: ignore[method-assign]
         self.device = next(encoder.model.parameters()).device
         self.precision, self.digest = precision, "inductor"
         # inductor itself only tries $CXX or g++: hand it the compiler found here (c++ / clang++ without g++)

@@ -398,3 +398,24 @@ def test_export_never_replaces_a_foreign_directory(model_dir, tmp_path, capsys):
     code, _, err = run_cli(["export", "-m", model_dir, "-o", tmp_path / "e", "--quantize", "int8"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "e" / "meta.json").read_text())["quantize"] == "int8"
+
+
+def test_backend_compile_runners_do_not_share_a_recompile_budget(model_dir, monkeypatch):
+    """dynamo caches compiled graphs per code object and runs eager (silently, one log warning) past
+    ``recompile_limit``: each runner must compile its own graph, however many other runners (towers, models,
+    settings) the process holds. With the limit at 1, a second runner of other settings must still compile."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from retr.retriever.modeling import DualEncoder
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    texts = TEXTS[:2]
+    for overrides in ({}, {"pooling": "mean", "dim": 8}):
+        kw = {"truncate_dim": overrides["dim"], "pooling": overrides["pooling"]} if overrides else {}
+        enc = DualEncoder.from_pretrained(model_dir, **kw)
+        enc.set_backend("compile")
+        before = counters["stats"]["unique_graphs"]
+        got = enc.encode_passages(texts)
+        assert counters["stats"]["unique_graphs"] == before + 1, overrides  # compiled, not run eager
+        np.testing.assert_allclose(got, torch_vectors(model_dir, texts, **kw), atol=1e-5)
