@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import tempfile
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -237,23 +238,43 @@ class OpenVinoRunner:
         return out
 
 
+def cpp_compiler() -> str:
+    """The C++ compiler ``--backend compile`` hands to inductor: ``$CXX`` when set, else the first of g++, c++,
+    clang++ on PATH (inductor alone tries only ``$CXX`` or g++). ``ValueError`` (one line) when there is none."""
+    wanted = os.environ.get("CXX")
+    for name in [wanted] if wanted else ["g++", "c++", "clang++"]:
+        found = shutil.which(name)
+        if found:
+            return found
+    if wanted:
+        raise ValueError(f"--backend compile: the C++ compiler CXX={wanted} is not found (torch.compile writes "
+                         "C++ kernels for the CPU)")
+    raise ValueError("--backend compile needs a C++ compiler on PATH (g++ or clang++; or set CXX): "
+                     "torch.compile writes C++ kernels for the CPU")
+
+
 class CompiledRunner:
     """``PooledGraph`` of ``encoder`` through ``torch.compile`` (inductor, ``dynamic`` batch and length,
     ``freezing``), run under ``inference_mode``; ``precision`` f32 (exact) or bf16 (autocast). Compiles on the
     first call (and once more for a new rank of shapes, e.g. a batch of one); raises ``ValueError`` when no C++
-    compiler is found (inductor's CPU kernels are C++). Memory: the torch model (frozen constants share its
-    weights' storage after folding) plus one batch of activations."""
+    compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model (frozen
+    constants share its weights' storage after folding) plus one batch of activations."""
 
     kind = "compile"
 
     def __init__(self, encoder: Any, precision: str = "f32"):
-        if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
-            raise ValueError("--backend compile needs a C++ compiler on PATH (g++ or clang++; or set CXX): "
-                             "torch.compile writes C++ kernels for the CPU")
+        cxx = cpp_compiler()
         self.graph = PooledGraph(encoder).eval()
+        # dynamo keeps compiled graphs (and counts recompiles, limit 8) per code object: a copy of forward's code
+        # per runner, so other runners in the process (towers, models, shapes) neither share its cache nor push
+        # it over the limit, past which dynamo silently runs eager
+        f = PooledGraph.forward
+        own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+        self.graph.forward = types.MethodType(own, self.graph)  # type: ignore[method-assign]
         self.device = next(encoder.model.parameters()).device
         self.precision, self.digest = precision, "inductor"
-        self.fn = torch.compile(self.graph, dynamic=True, options={"freezing": True})
+        # inductor itself only tries $CXX or g++: hand it the compiler found here (c++ / clang++ without g++)
+        self.fn = torch.compile(self.graph, dynamic=True, options={"freezing": True, "cpp.cxx": (None, cxx)})
         log.info("--backend compile: torch.compile (inductor) compiles on the first batches (~30 s for MiniLM)")
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -328,6 +328,45 @@ def test_backend_compile_on_encode_and_eval(model_dir, beir, tmp_path, capsys):
     assert "--precision fp16 does not apply to --backend compile" in one_line_error(err)
 
 
+def _path_without_gxx(tmp_path: Path) -> str:
+    """A PATH mirroring the current one (symlinks) without g++ (nor clang++): only ``c++`` is left."""
+    import os
+    import shutil
+
+    if shutil.which("c++") is None:
+        pytest.skip("no c++ on PATH")
+    mirror = tmp_path / "bin"
+    mirror.mkdir()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if not Path(folder).is_dir():
+            continue
+        for f in Path(folder).iterdir():
+            name = f.name
+            if "g++" in name or name.startswith("clang++") or (mirror / name).exists():
+                continue
+            (mirror / name).symlink_to(f)
+    return str(mirror)
+
+
+def test_backend_compile_without_gxx_uses_the_compiler_on_path(model_dir, beir, tmp_path, capsys, monkeypatch):
+    """Inductor alone tries only $CXX or g++: with c++ but no g++ on PATH, --backend compile must still write
+    torch's vectors (it hands inductor the compiler it found); a CXX that is not there is one line, exit 2."""
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", _path_without_gxx(tmp_path))
+    code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "emb", "--backend", "compile"],
+                           capsys)
+    assert code == 0, err
+    shard = next((tmp_path / "emb").iterdir())
+    docs = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    passages = [(d["title"] + " " + d["text"]) if d["title"] else d["text"] for d in docs]
+    np.testing.assert_allclose(np.load(shard / "embeddings.npy"), torch_vectors(model_dir, passages), atol=1e-5)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "e2", "--backend", "compile"],
+                           capsys)
+    assert code == 2
+    assert "CXX=" in one_line_error(err) and "is not found" in one_line_error(err)
+
+
 def test_backend_precision_refused_in_one_line(model_dir, beir, tmp_path, capsys):
     code, _, err = run_cli(["encode", "-m", model_dir, "-d", beir, "-o", tmp_path / "e", "--backend", "onnx",
                             "--precision", "bf16"], capsys)
@@ -381,3 +420,24 @@ def test_export_never_replaces_a_foreign_directory(model_dir, tmp_path, capsys):
     code, _, err = run_cli(["export", "-m", model_dir, "-o", tmp_path / "e", "--quantize", "int8"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "e" / "meta.json").read_text())["quantize"] == "int8"
+
+
+def test_backend_compile_runners_do_not_share_a_recompile_budget(model_dir, monkeypatch):
+    """dynamo caches compiled graphs per code object and runs eager (silently, one log warning) past
+    ``recompile_limit``: each runner must compile its own graph, however many other runners (towers, models,
+    settings) the process holds. With the limit at 1, a second runner of other settings must still compile."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from retr.retriever.modeling import DualEncoder
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    texts = TEXTS[:2]
+    for overrides in ({}, {"pooling": "mean", "dim": 8}):
+        kw = {"truncate_dim": overrides["dim"], "pooling": overrides["pooling"]} if overrides else {}
+        enc = DualEncoder.from_pretrained(model_dir, **kw)
+        enc.set_backend("compile")
+        before = counters["stats"]["unique_graphs"]
+        got = enc.encode_passages(texts)
+        assert counters["stats"]["unique_graphs"] == before + 1, overrides  # compiled, not run eager
+        np.testing.assert_allclose(got, torch_vectors(model_dir, texts, **kw), atol=1e-5)
