@@ -7,7 +7,7 @@ Prints docs/s for each, the ratio to ST fp32, and the min cosine to retr torch f
 `--bf16` adds retr torch with bf16 autocast (`--precision bf16`). `--backends` (issue 22) adds ONNX Runtime fp32 (plain
 graph, and fused by ORT's transformer optimizer as `--backend onnx` runs it), OpenVINO fp32 (exact), OpenVINO
 bf16 hint and ONNX Runtime int8 (dynamic, per-channel, of the fused graph as `retr export --quantize int8`).
-`--compile` adds `--backend compile` (torch.compile, frozen weights; fp32, and bf16 with `--bf16`); its compile
+`--compile` adds `--backend compile` (torch.compile, inductor; fp32, and bf16 with `--bf16`); its compile
 time is spent in the warm-up and printed, not counted in docs/s.
 """
 from __future__ import annotations

@@ -235,7 +235,7 @@ def console():
 
 # issue 22: --backend (retr encode/index/eval/search/serve) and the pre-checks shared by `retr search` and `retr serve`
 Backend = Annotated[Literal["torch", "compile", "onnx", "openvino"], typer.Option("--backend", help="Inference "
-                    "engine: torch (the model), compile (torch.compile with frozen weights: the fastest exact CPU "
+                    "engine: torch (the model), compile (torch.compile, inductor: the fastest exact CPU "
                     "path; compiles for ~30 s first, needs a C++ compiler), onnx (ONNX Runtime) or openvino; fp32 is "
                     "exact on each (cosine >= 0.99999). onnx and openvino use the graph of a `retr export` "
                     "directory given as --model, else export the model first (seconds). "
