@@ -44,3 +44,28 @@ def test_missing_directory_and_non_utf8_are_one_line_errors(tmp_path):
     bad.write_bytes(b'{"a": "\xff"}')
     with pytest.raises(DataError, match=r"s.json: not UTF-8 text \(byte 7\)"):
         read_suite_file(bad)
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("c.yaml", "epochs: 2\nlr: 1e-5\nepochs: 3\n", "c.yaml:3: key 'epochs' given twice"),
+    ("c.yaml", "model:\n  pooling: mean\n  pooling: cls\n", "c.yaml:3: key 'pooling' given twice"),
+    ("c.json", '{"epochs": 2,\n "lr": 1e-5,\n "epochs": 3}', "c.json:3: key 'epochs' given twice"),
+    ("c.json", "", "c.json: empty config file"),
+    ("c.json", "  \n\n", "c.json: empty config file"),
+    ("c.yaml", "# only a comment\n", "c.yaml: empty config file"),
+])
+def test_a_key_given_twice_or_an_empty_file_is_refused(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError) as err:
+        read_yaml_or_json(path, "config file")
+    assert str(err.value).replace(str(tmp_path) + "/", "") == expected
+
+
+def test_an_upper_case_yaml_suffix_is_read_as_yaml(tmp_path):
+    path = tmp_path / "C.YAML"
+    path.write_text("epochs: 2\n")
+    assert read_yaml_or_json(path)[0] == {"epochs": 2}
+    same_keys_in_two_mappings = tmp_path / "s.yml"
+    same_keys_in_two_mappings.write_text("a: {k: 1}\nb: {k: 2}\n")
+    assert read_yaml_or_json(same_keys_in_two_mappings)[0] == {"a": {"k": 1}, "b": {"k": 2}}

@@ -28,10 +28,9 @@ _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a s
 
 def read_config_mapping(path: Path) -> tuple[dict[str, Any], str]:
     """Parse a YAML (``.yaml``/``.yml``) or JSON config -> (mapping, text). ``DataError`` (file, line) if the
-    file cannot be read, is not UTF-8, is malformed (``data/structured.py``), or is not a mapping."""
+    file cannot be read, is not UTF-8, is empty, is malformed or repeats a key (``data/structured.py``), or
+    is not a mapping."""
     raw, text = read_yaml_or_json(path, "config file")
-    if raw is None:
-        raw = {}
     if not isinstance(raw, dict):
         raise DataError(path, None, "config must be a mapping of option names to values")
     return raw, text
