@@ -211,8 +211,12 @@ def test_search_of_many_queries_shows_one_progress_bar(tmp_path, tiny_model_dir,
     assert code == 0, err
     totals = {int(t) for t in re.findall(r"queries:[^\r\n|]*\|[^|]*\| *\d+/(\d+)", err)}
     assert totals == {7}, err
-    assert (tmp_path / "blocks.trec").read_text() == (tmp_path / "whole.trec").read_text()
-    assert len((tmp_path / "blocks.trec").read_text().splitlines()) == 7 * 3
+    # the same ranking; scores may differ in the 7th digit (a block of 3 queries is another GEMM shape)
+    blocks, whole = ([line.split() for line in (tmp_path / name).read_text().splitlines()]
+                     for name in ("blocks.trec", "whole.trec"))
+    assert [row[:4] for row in blocks] == [row[:4] for row in whole]
+    assert np.allclose([float(row[4]) for row in blocks], [float(row[4]) for row in whole], atol=1e-5)
+    assert len(blocks) == 7 * 3
 
 
 def test_eval_mmap_reads_the_index_through_a_memory_map(tmp_path, tiny_beir, tiny_model_dir, capsys, monkeypatch):
