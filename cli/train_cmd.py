@@ -42,7 +42,7 @@ def train_command(
     b3_cluster_size: Annotated[Optional[int], Opt("--b3-cluster-size", help="B3: examples per cluster (K).")] = None,
     b3_algorithm: Annotated[Optional[str], Opt("--b3-algorithm", help="B3: metis | leiden | louvain.")] = None,
     b3_cache: Annotated[Optional[Path], Opt("--b3-cache", help="B3: cache directory for mined clusters "
-                                            "(default ~/.cache/retr/b3).")] = None,
+                                            "(default $RETR_CACHE_DIR/b3, else ~/.cache/retr/b3).")] = None,
     separate_towers: Annotated[Optional[bool], Opt("--separate-towers/--shared-towers", help="Separate query and "
                                                    "passage encoders (both start from --model).", show_default=False)] = None,
     epochs: Annotated[Optional[int], Opt("--epochs", help="Passes over the training data.")] = None,
@@ -213,6 +213,8 @@ def train_command(
         raise typer.BadParameter("--output is required")
     if cfg.mode != "reranker" and (ce_head, ce_loss, ce_scale) != (None, None, None):  # issue 20
         raise typer.BadParameter("--ce-head, --ce-loss and --ce-scale apply to --mode reranker only")
+    _check_b3_flags(cfg, config, b3_teacher=b3_teacher, b3_p=b3_p, b3_m=b3_m, b3_cluster_size=b3_cluster_size,
+                    b3_algorithm=b3_algorithm, b3_cache=b3_cache, train_negatives=train_negatives)
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run directory
         common.claim_output(cfg.output_dir, "run")
     dist = init_distributed()
@@ -224,6 +226,23 @@ def train_command(
         common.console().print(f"[green]done[/green]: {summary['steps']} steps in {summary['train_seconds']}s; "
                                f"model saved to {Path(cfg.output_dir) / 'model'}"
                                + (f"; eval {summary['eval']}" if summary.get("eval") else ""))
+
+
+def _check_b3_flags(cfg, config: Path | None, **flags) -> None:
+    """B3 flags given on the command line that would be ignored silently are one-line errors: the mining options
+    without ``--batching b3`` (a config file, e.g. a run's train_config.json, may hold them all), and
+    ``--b3-cluster-negatives N`` without ``--train-negatives`` (the default 1 trains with one of the N)."""
+    if cfg.batching != "b3":
+        for name in ("b3_teacher", "b3_p", "b3_m", "b3_cluster_size", "b3_algorithm", "b3_cache"):
+            if flags[name] is not None:
+                raise ValueError(f"--{name.replace('_', '-')} needs --batching b3")
+    if cfg.b3_cluster_negatives and flags["train_negatives"] is None:
+        from retr.retriever.training.config_file import read_config_mapping
+
+        if config is None or "train_negatives" not in read_config_mapping(config)[0]:
+            raise ValueError(f"--b3-cluster-negatives {cfg.b3_cluster_negatives} needs --train-negatives N (how many "
+                             f"of them each query trains with; the default 1 would use one of the "
+                             f"{cfg.b3_cluster_negatives})")
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:

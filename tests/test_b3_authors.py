@@ -6,6 +6,7 @@ change what is mined and trained (checked in the mined cache and the batches).""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -214,6 +215,36 @@ def test_cli_refuses_inconsistent_b3_options(tmp_path, tiny_model_dir, capsys):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_cli_refuses_b3_flags_that_would_be_ignored(tmp_path, tiny_model_dir, capsys):
+    """Fresh-user check (fu21): B3 mining flags without --batching b3 were silently ignored, and
+    --b3-cluster-negatives N without --train-negatives trained with the default 1 of the N (the check only saw
+    --train-negatives 0). Both are one-line errors now; a config file's train_negatives counts as given. A
+    --b3-cache that is a file was reported only after the teacher had encoded everything; now before the teacher
+    loads (nothing here trains or encodes)."""
+    data = _synthetic_beir(tmp_path / "data")
+    base = ["train", "-o", tmp_path / "run", "-m", tiny_model_dir, "-d", data, "--batch-size", "8",
+            "--max-steps", "1", "--save-steps", "0"]
+    for flags in (["--b3-teacher", tiny_model_dir], ["--b3-p", "1"], ["--b3-m", "6"], ["--b3-cluster-size", "8"],
+                  ["--b3-algorithm", "leiden"], ["--b3-cache", tmp_path / "cache"]):
+        code, _, err = run_cli(base + flags, capsys)
+        assert code == 2 and f"{flags[0]} needs --batching b3" in one_line_error(err)
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("keep")
+    b3 = base + ["--batching", "b3", "--b3-teacher", tmp_path / "no-such-teacher", "--b3-p", "1", "--b3-m", "6",
+                 "--b3-cluster-size", "8", "--b3-cache", a_file, "--b3-exact-k", "--b3-clusters-per-batch", "1",
+                 "--b3-cluster-negatives", "2"]
+    code, _, err = run_cli(b3, capsys)
+    assert code == 2 and "--b3-cluster-negatives 2 needs --train-negatives" in one_line_error(err)
+    assert not (tmp_path / "run").exists()  # refused before any work
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"train_negatives": 2}))
+    for given in (["--train-negatives", "2"], ["-c", config]):  # past that check: the cache is refused next
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        code, _, err = run_cli(b3 + given, capsys)
+        assert code == 2 and f"--b3-cache {a_file}: cannot be a cache directory" in one_line_error(err)
+    assert a_file.read_text() == "keep"
+
+
 def test_trainer_batches_whole_clusters_with_cluster_negatives(tmp_path, tiny_model_dir):
     from retr.retriever.training.arguments import TrainConfig
     from retr.retriever.training.driver import build_trainer
@@ -297,6 +328,29 @@ def test_damaged_b3_caches_are_one_line_errors_naming_the_file(tmp_path, tiny_mo
     emb.write_bytes(emb.read_bytes()[:200])
     code, _, err = run_cli(args, capsys)
     assert code == 2 and str(emb) in one_line_error(err) and "damaged teacher embeddings" in one_line_error(err)
+
+
+def test_cached_clusters_must_cover_every_example_once_per_cluster(tmp_path):
+    """Fresh-user check (fu21): a cache whose clusters leave examples out (or repeat one inside a cluster) was
+    accepted, so training silently used a subset. Mining puts every example in a cluster (exact K may repeat an
+    example in a *second* cluster), so either is a damaged or foreign file, named, and left as it was."""
+    from retr.indexing.errors import ArtifactError
+    from retr.retriever.training.b3 import cached_mining
+
+    def load(clusters, n=4):
+        cached_mining(tmp_path, {"k": 1}, lambda: (clusters, {}, []), n=None)  # written as mining would
+        (path,) = tmp_path.glob("b3-*.json")
+        return path, cached_mining(tmp_path, {"k": 1}, lambda: pytest.fail("mined again"), n=n)
+
+    path, (clusters, _, _) = load([[0, 1], [2, 3], [3, 0]])  # exact K's top-up: 3 and 0 twice, fine
+    assert clusters == [[0, 1], [2, 3], [3, 0]]
+    for bad, words in (([[0, 1]], "2 of the 4 training examples are in no cluster (first: 2)"),
+                       ([[0, 0], [1, 2, 3]], "cluster 0 holds an example twice")):
+        path.unlink()
+        with pytest.raises(ArtifactError, match=r"delete it to mine again") as err:
+            load(bad)
+        assert str(path) in str(err.value) and words in str(err.value)
+        assert json.loads(path.read_text())["clusters"] == bad  # reported, not overwritten
 
 
 def test_b3_grid_refuses_to_mix_runs_of_other_settings(tmp_path, monkeypatch, capsys):

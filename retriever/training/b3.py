@@ -429,8 +429,16 @@ def check_cached_mining(path: str | Path, data, n: int | None = None, want_negat
     stats = data.get("stats", {})
     if not isinstance(stats, dict):
         bad("'stats' is not an object")
+    covered = np.zeros(n or 0, bool)
     for c, cluster in enumerate(data["clusters"]):
         ids(cluster, f"cluster {c}")
+        if len(set(cluster)) != len(cluster):
+            bad(f"cluster {c} holds an example twice")
+        if n is not None:
+            covered[cluster] = True
+    if n is not None and not covered.all():  # mining puts every example in a cluster: a subset would train silently
+        bad(f"{int((~covered).sum())} of the {n} training examples are in no cluster "
+            f"(first: {int(np.argmin(covered))})")
     negatives = data.get("negatives", [])
     if not isinstance(negatives, list):
         bad("'negatives' is not a list")

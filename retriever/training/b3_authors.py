@@ -74,7 +74,7 @@ def exact_k(clusters: list[list[int]], k: int, seed: int = 0) -> list[list[int]]
             taken = set(chunk)
             donors = [i for c in full for i in c if i not in taken]
             if len(donors) < k - len(chunk):
-                raise ValueError(f"{len(rest)} examples are fewer than one cluster of {k}")
+                raise ValueError(f"{len(rest)} examples are fewer than one cluster of {k} (--b3-cluster-size)")
             chunk += [int(i) for i in rng.choice(donors, k - len(chunk), replace=False)]
         full.append(chunk)
     return full

@@ -251,12 +251,16 @@ def b3_sampler(examples: list[TrainExample], cfg: TrainConfig, dist: DistInfo):
     from .distributed import barrier
 
     b3 = b3_config(cfg)
+    cache = cfg.b3_cache or str(cache_root() / "b3")  # $RETR_CACHE_DIR like every other retr cache
+    try:  # before the teacher encodes: a cache path that is a file lost the whole mining at the end
+        os.makedirs(cache, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--b3-cache {cache}: cannot be a cache directory ({e.strerror or e})") from None
     teacher = DualEncoder.from_pretrained(cfg.b3_teacher)
     queries = [e.query for e in examples]
     query_ids = [e.query_id for e in examples]  # pairs of one query are no negatives for each other
     sep = teacher.passage_tower.config.title_sep
     positives = [[p.joined(sep) for p in e.positives] for e in examples]
-    cache = cfg.b3_cache or str(cache_root() / "b3")  # $RETR_CACHE_DIR like every other retr cache
     data_key = {"teacher": teacher.fingerprint(), "data": data_fingerprint(queries, ["\2".join(p) for p in positives])}
     settings = {k: v for k, v in b3.__dict__.items()  # issue 21 options only when set: earlier caches stay valid
                 if k not in ("mutual_edges", "exact_k", "cluster_negatives", "sibling_exclusion") or v}
