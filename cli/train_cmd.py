@@ -213,8 +213,7 @@ def train_command(
         raise typer.BadParameter("--output is required")
     if cfg.mode != "reranker" and (ce_head, ce_loss, ce_scale) != (None, None, None):  # issue 20
         raise typer.BadParameter("--ce-head, --ce-loss and --ce-scale apply to --mode reranker only")
-    _check_b3_flags(cfg, config, b3_teacher=b3_teacher, b3_p=b3_p, b3_m=b3_m, b3_cluster_size=b3_cluster_size,
-                    b3_algorithm=b3_algorithm, b3_cache=b3_cache, train_negatives=train_negatives)
+    _check_b3_flags(cfg, config, given=flags)
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run directory
         common.claim_output(cfg.output_dir, "run")
     dist = init_distributed()
@@ -228,15 +227,16 @@ def train_command(
                                + (f"; eval {summary['eval']}" if summary.get("eval") else ""))
 
 
-def _check_b3_flags(cfg, config: Path | None, **flags) -> None:
-    """B3 flags given on the command line that would be ignored silently are one-line errors: the mining options
-    without ``--batching b3`` (a config file, e.g. a run's train_config.json, may hold them all), and
-    ``--b3-cluster-negatives N`` without ``--train-negatives`` (the default 1 trains with one of the N)."""
+def _check_b3_flags(cfg, config: Path | None, given: dict) -> None:
+    """B3 flags given on the command line (``given``: the options set there) that would be ignored silently are
+    one-line errors: the mining options without ``--batching b3`` (a config file, e.g. a run's
+    train_config.json, may hold them all), and ``--b3-cluster-negatives N`` without ``--train-negatives`` (the
+    default 1 trains with one of the N)."""
     if cfg.batching != "b3":
         for name in ("b3_teacher", "b3_p", "b3_m", "b3_cluster_size", "b3_algorithm", "b3_cache"):
-            if flags[name] is not None:
+            if name in given:
                 raise ValueError(f"--{name.replace('_', '-')} needs --batching b3")
-    if cfg.b3_cluster_negatives and flags["train_negatives"] is None:
+    if cfg.b3_cluster_negatives and "train_negatives" not in given:
         from retr.retriever.training.config_file import read_config_mapping
 
         if config is None or "train_negatives" not in read_config_mapping(config)[0]:
