@@ -22,8 +22,11 @@ fused, and the elementwise work around them (residual adds, layer norms) is fuse
 Freezing is switched on by ``torch._inductor.config.patch(freezing=True)`` around each call: passed as
 ``torch.compile(options={"freezing": True})`` it is not seen by the check that selects the freezing compiler
 (torch 2.13; the generated code then calls plain ``addmm``), which is what the first version here did. Frozen
-weights are copies: editing the model's weights after the first batch is not seen, and the packed copies add
-one model's weights to memory. It stays fp32 (cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact
+weights are copies: editing the model's weights after the first batch is not seen, and every compiled graph
+holds its own packed copy of the linear weights: the batch of one (and a decoder's length of one) compile graphs
+of their own, so a process that meets them (``retr serve``'s single queries, a corpus's last batch) holds two or
+three copies besides the model (measured on an 8-layer BERT: ~1 copy of its linear weights per graph; not frozen,
+a second graph added ~0). It stays fp32 (cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact
 CPU path measured here (RESULTS.md section 17). Its cost: the first batches of each process compile (~30 s for
 MiniLM, a C++ compiler is needed; later processes reuse inductor's on-disk cache), so it pays off on large corpora.
 
@@ -270,8 +273,9 @@ class CompiledRunner:
     """``PooledGraph`` of ``encoder`` through ``torch.compile`` (inductor, ``dynamic`` batch and length,
     ``freezing``), run under ``inference_mode``; ``precision`` f32 (exact) or bf16 (autocast). Compiles on the
     first call (and once more for a new rank of shapes, e.g. a batch of one); raises ``ValueError`` when no C++
-    compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model plus one
-    batch of activations (peak RSS of a MiniLM SciFact eval: 2.3 GB, RESULTS.md section 17)."""
+    compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model, one frozen
+    copy of its linear weights per compiled graph (module docstring) and one batch of activations (peak RSS of a
+    MiniLM SciFact eval, measured before freezing was really on: 2.3 GB, RESULTS.md section 17)."""
 
     kind = "compile"
 
