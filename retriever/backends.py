@@ -23,11 +23,10 @@ Freezing is switched on by ``torch._inductor.config.patch(freezing=True)`` aroun
 ``torch.compile(options={"freezing": True})`` it is not seen by the check that selects the freezing compiler
 (torch 2.13; the generated code then calls plain ``addmm``), which is what the first version here did. Frozen
 weights are copies: editing the model's weights after the first batch is not seen, and every compiled graph
-holds its own packed copy of the linear weights: the batch of one (and a decoder's length of one) compile graphs
-of their own, so a process that meets them (``retr serve``'s single queries, a corpus's last batch) holds two or
-three copies besides the model (measured on an 8-layer BERT: ~1 copy of its linear weights per graph; not frozen,
-a second graph added ~0). It stays fp32 (cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact
-CPU path measured here (RESULTS.md section 17). Its cost: the first batches of each process compile (~30 s for
+holds its own packed copy of the linear weights (measured on an 8-layer BERT: ~1 copy per graph; not frozen, a
+second graph added ~0). A batch of one therefore runs as two copies of its row (no second graph); a decoder's
+length of one still compiles its own, so such a process holds two copies besides the model. It stays fp32
+(cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact CPU path measured here (RESULTS.md section 17). Its cost: the first batches of each process compile (~30 s for
 MiniLM, a C++ compiler is needed; later processes reuse inductor's on-disk cache), so it pays off on large corpora.
 
 OpenVINO runs a block's batches on ``streams`` parallel infer requests (``AsyncInferQueue``, THROUGHPUT hint,
@@ -272,7 +271,7 @@ def freezing() -> contextlib.AbstractContextManager:
 class CompiledRunner:
     """``PooledGraph`` of ``encoder`` through ``torch.compile`` (inductor, ``dynamic`` batch and length,
     ``freezing``), run under ``inference_mode``; ``precision`` f32 (exact) or bf16 (autocast). Compiles on the
-    first call (and once more for a new rank of shapes, e.g. a batch of one); raises ``ValueError`` when no C++
+    first call (and once more for a new rank of shapes, e.g. a decoder's length of one); raises ``ValueError`` when no C++
     compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model, one frozen
     copy of its linear weights per compiled graph (module docstring) and one batch of activations (peak RSS of a
     MiniLM SciFact eval, measured before freezing was really on: 2.3 GB, RESULTS.md section 17)."""
@@ -296,13 +295,19 @@ class CompiledRunner:
         log.info("--backend compile: torch.compile (inductor) compiles on the first batches (~30 s for MiniLM)")
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """[B, L] int64 arrays -> [B, dim] float32."""
+        """[B, L] int64 arrays -> [B, dim] float32. A batch of one runs as two copies of its row: dynamo
+        specialises a dimension of size 1, so a lone query (``retr serve``, ``search``) would otherwise compile
+        a second graph (~30 s for MiniLM) holding a second frozen copy of the weights."""
+        one = input_ids.shape[0] == 1
+        if one:
+            input_ids, attention_mask = np.repeat(input_ids, 2, axis=0), np.repeat(attention_mask, 2, axis=0)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast, (freezing() if self.freeze else contextlib.nullcontext()):
             ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device)
             mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device)
-            return self.fn(ids, mask).float().cpu().numpy()
+            out = self.fn(ids, mask).float().cpu().numpy()
+        return out[:1] if one else out
 
     def run_many(self, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         return [self(i, m) for i, m in batches]

@@ -470,3 +470,20 @@ def test_backend_compile_freezes_the_weights(model_dir):
     np.testing.assert_allclose(after, before, atol=1e-6)
     enc.set_backend("torch")
     assert np.abs(enc.encode_passages(TEXTS[:2]) - before).max() > 1e-3  # the edit does change the model
+
+
+@needs_cxx
+def test_backend_compile_runs_a_batch_of_one_in_the_same_graph(model_dir):
+    """A lone query must not compile a second graph (dynamo specialises size 1; each frozen graph holds its own
+    copy of the weights): batches of 3 and then of 1 make one graph, and the lone vector equals torch's."""
+    from torch._dynamo.utils import counters
+
+    from retr.retriever.modeling import DualEncoder
+
+    enc = DualEncoder.from_pretrained(model_dir)
+    enc.set_backend("compile")
+    before = counters["stats"]["unique_graphs"]
+    enc.encode_passages(TEXTS[:3])
+    lone = enc.encode_passages(TEXTS[3:4])
+    assert counters["stats"]["unique_graphs"] == before + 1
+    np.testing.assert_allclose(lone, torch_vectors(model_dir, TEXTS[3:4]), atol=1e-5)
