@@ -7,7 +7,8 @@ Prints docs/s for each, the ratio to ST fp32, and the min cosine to retr torch f
 `--bf16` adds retr torch with bf16 autocast (`--precision bf16`). `--backends` (issue 22) adds ONNX Runtime fp32 (plain
 graph, and fused by ORT's transformer optimizer as `--backend onnx` runs it), OpenVINO fp32 (exact), OpenVINO
 bf16 hint and ONNX Runtime int8 (dynamic, per-channel, of the fused graph as `retr export --quantize int8`).
-`--compile` adds `--backend compile` (torch.compile, inductor; fp32, and bf16 with `--bf16`); its compile
+`--compile` adds `--backend compile` (torch.compile, inductor, frozen weights; fp32, and bf16 with `--bf16`),
+and the same without freezing (what `--backend compile` ran before freezing was really switched on); compile
 time is spent in the warm-up and printed, not counted in docs/s.
 """
 from __future__ import annotations
@@ -63,8 +64,11 @@ def main() -> None:
         setups["retr openvino bf16 hint"] = (OpenVinoRunner(graph, "bf16", streams=args.ov_streams), "fp32")
         setups["retr onnx int8 (ORT, export --quantize int8)"] = (OnnxRunner(int8), "fp32")
     if args.compile:
+        # "not frozen": the first --backend compile, whose freezing option inductor ignored (plain addmm)
+        setups["retr torch.compile fp32, not frozen"] = (CompiledRunner(enc, "f32", freeze=False), "fp32")
         setups["retr torch.compile fp32 (--backend compile)"] = (CompiledRunner(enc, "f32"), "fp32")
         if args.bf16:
+            setups["retr torch.compile bf16, not frozen"] = (CompiledRunner(enc, "bf16", freeze=False), "fp32")
             setups["retr torch.compile bf16 (--backend compile --precision bf16)"] = (CompiledRunner(enc, "bf16"),
                                                                                        "fp32")
     names = ["sentence-transformers fp32", *setups]

@@ -16,12 +16,18 @@ rounding (cosine >= 0.99999 to torch fp32: tests/test_export.py). OpenVINO's CPU
 CPUs is bf16, so retr sets f32 unless ``--precision bf16`` asks for it. An int8 graph (``quantize_int8``:
 ONNX Runtime dynamic quantisation, per-channel weights) is not exact; ``retr export`` reports its parity.
 
-``compile`` is inductor with its ``freezing`` option asked for (the elementwise work around the fp32 GEMMs -
-bias, GELU, residual adds, layer norms - is fused into generated C++ kernels; a check that edited the weights
-after compiling saw the new weights used, so whether inductor really folds them as constants is not shown);
-it stays fp32 (cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact CPU path measured here
-(RESULTS.md section 17). Its cost: the first batches of each process compile (~30 s for MiniLM, a C++
-compiler is needed; later processes reuse inductor's on-disk cache), so it pays off on large corpora.
+``compile`` is inductor with freezing: the weights are folded into the compiled graph as constants, so the
+fp32 linears run as oneDNN matmuls on pre-packed weights with the bias (and GELU where the pattern allows)
+fused, and the elementwise work around them (residual adds, layer norms) is fused into generated C++ kernels.
+Freezing is switched on by ``torch._inductor.config.patch(freezing=True)`` around each call: passed as
+``torch.compile(options={"freezing": True})`` it is not seen by the check that selects the freezing compiler
+(torch 2.13; the generated code then calls plain ``addmm``), which is what the first version here did. Frozen
+weights are copies: editing the model's weights after the first batch is not seen, and every compiled graph
+holds its own packed copy of the linear weights (measured on an 8-layer BERT: ~1 copy per graph; not frozen, a
+second graph added ~0). A batch of one therefore runs as two copies of its row (no second graph); a decoder's
+length of one still compiles its own, so such a process holds two copies besides the model. It stays fp32
+(cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact CPU path measured here (RESULTS.md section 17). Its cost: the first batches of each process compile (~30 s for
+MiniLM, a C++ compiler is needed; later processes reuse inductor's on-disk cache), so it pays off on large corpora.
 
 OpenVINO runs a block's batches on ``streams`` parallel infer requests (``AsyncInferQueue``, THROUGHPUT hint,
 one stream per thread by default, so one core each): the set-up measured in RESULTS.md section 17. A lone
@@ -254,17 +260,27 @@ def cpp_compiler() -> str:
                      "torch.compile writes C++ kernels for the CPU")
 
 
+def freezing() -> contextlib.AbstractContextManager:
+    """Inductor's freezing, on for what compiles inside the block (see the module docstring for why not as a
+    ``torch.compile`` option)."""
+    from torch._inductor import config
+
+    return config.patch(freezing=True)
+
+
 class CompiledRunner:
     """``PooledGraph`` of ``encoder`` through ``torch.compile`` (inductor, ``dynamic`` batch and length,
     ``freezing``), run under ``inference_mode``; ``precision`` f32 (exact) or bf16 (autocast). Compiles on the
-    first call (and once more for a new rank of shapes, e.g. a batch of one); raises ``ValueError`` when no C++
-    compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model plus one
-    batch of activations (peak RSS of a MiniLM SciFact eval: 2.3 GB, RESULTS.md section 17)."""
+    first call (and once more for a new rank of shapes, e.g. a decoder's length of one); raises ``ValueError`` when no C++
+    compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model, one frozen
+    copy of its linear weights per compiled graph (module docstring) and one batch of activations (peak RSS of a
+    MiniLM SciFact eval, measured before freezing was really on: 2.3 GB, RESULTS.md section 17)."""
 
     kind = "compile"
 
-    def __init__(self, encoder: Any, precision: str = "f32"):
+    def __init__(self, encoder: Any, precision: str = "f32", freeze: bool = True):
         cxx = cpp_compiler()
+        self.freeze = freeze  # False only to measure what freezing buys (benchmarks/encode.py --compile)
         self.graph = PooledGraph(encoder).eval()
         # dynamo keeps compiled graphs (and counts recompiles, limit 8) per code object: a copy of forward's code
         # per runner, so other runners in the process (towers, models, shapes) neither share its cache nor push
@@ -275,17 +291,23 @@ class CompiledRunner:
         self.device = next(encoder.model.parameters()).device
         self.precision, self.digest = precision, "inductor"
         # inductor itself only tries $CXX or g++: hand it the compiler found here (c++ / clang++ without g++)
-        self.fn = torch.compile(self.graph, dynamic=True, options={"freezing": True, "cpp.cxx": (None, cxx)})
+        self.fn = torch.compile(self.graph, dynamic=True, options={"cpp.cxx": (None, cxx)})
         log.info("--backend compile: torch.compile (inductor) compiles on the first batches (~30 s for MiniLM)")
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """[B, L] int64 arrays -> [B, dim] float32."""
+        """[B, L] int64 arrays -> [B, dim] float32. A batch of one runs as two copies of its row: dynamo
+        specialises a dimension of size 1, so a lone query (``retr serve``, ``search``) would otherwise compile
+        a second graph (~30 s for MiniLM) holding a second frozen copy of the weights."""
+        one = input_ids.shape[0] == 1
+        if one:
+            input_ids, attention_mask = np.repeat(input_ids, 2, axis=0), np.repeat(attention_mask, 2, axis=0)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                     else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, (freezing() if self.freeze else contextlib.nullcontext()):
             ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device)
             mask = torch.from_numpy(np.ascontiguousarray(attention_mask)).to(self.device)
-            return self.fn(ids, mask).float().cpu().numpy()
+            out = self.fn(ids, mask).float().cpu().numpy()
+        return out[:1] if one else out
 
     def run_many(self, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         return [self(i, m) for i, m in batches]

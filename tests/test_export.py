@@ -422,17 +422,22 @@ def test_export_never_replaces_a_foreign_directory(model_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "e" / "meta.json").read_text())["quantize"] == "int8"
 
 
-def test_backend_compile_runners_do_not_share_a_recompile_budget(model_dir, monkeypatch):
+def test_backend_compile_runners_do_not_share_a_recompile_budget(model_dir):
     """dynamo caches compiled graphs per code object and runs eager (silently, one log warning) past
     ``recompile_limit``: each runner must compile its own graph, however many other runners (towers, models,
     settings) the process holds. With the limit at 1, a second runner of other settings must still compile."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
+    texts = TEXTS[:2]
+    # torch's own patch: monkeypatch's undo of a config module attribute deletes it (later compiles fail)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        _compile_each(model_dir, texts, counters)
+
+
+def _compile_each(model_dir, texts, counters):
     from retr.retriever.modeling import DualEncoder
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    texts = TEXTS[:2]
     for overrides in ({}, {"pooling": "mean", "dim": 8}):
         kw = {"truncate_dim": overrides["dim"], "pooling": overrides["pooling"]} if overrides else {}
         enc = DualEncoder.from_pretrained(model_dir, **kw)
@@ -441,3 +446,44 @@ def test_backend_compile_runners_do_not_share_a_recompile_budget(model_dir, monk
         got = enc.encode_passages(texts)
         assert counters["stats"]["unique_graphs"] == before + 1, overrides  # compiled, not run eager
         np.testing.assert_allclose(got, torch_vectors(model_dir, texts, **kw), atol=1e-5)
+
+
+@needs_cxx
+def test_backend_compile_freezes_the_weights(model_dir):
+    """Freezing (weights folded into the graph, pre-packed oneDNN linears) must really be on: once compiled, an
+    in-place edit of a weight is not seen by the compiled graph, while its vectors equal torch's. The first
+    version asked for freezing as a ``torch.compile`` option, which inductor ignored (plain ``addmm`` on the
+    live weights: the edit was seen)."""
+    import torch
+
+    from retr.retriever.modeling import DualEncoder
+
+    enc = DualEncoder.from_pretrained(model_dir)
+    enc.set_backend("compile")
+    before = enc.encode_passages(TEXTS[:2])
+    np.testing.assert_allclose(before, torch_vectors(model_dir, TEXTS[:2]), atol=1e-5)
+    with torch.no_grad():
+        for p in enc.passage_tower.model.parameters():
+            if p.dim() == 2 and p.shape[0] == p.shape[1]:  # the attention projections
+                p.mul_(0.5)
+    after = enc.encode_passages(TEXTS[:2])
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    enc.set_backend("torch")
+    assert np.abs(enc.encode_passages(TEXTS[:2]) - before).max() > 1e-3  # the edit does change the model
+
+
+@needs_cxx
+def test_backend_compile_runs_a_batch_of_one_in_the_same_graph(model_dir):
+    """A lone query must not compile a second graph (dynamo specialises size 1; each frozen graph holds its own
+    copy of the weights): batches of 3 and then of 1 make one graph, and the lone vector equals torch's."""
+    from torch._dynamo.utils import counters
+
+    from retr.retriever.modeling import DualEncoder
+
+    enc = DualEncoder.from_pretrained(model_dir)
+    enc.set_backend("compile")
+    before = counters["stats"]["unique_graphs"]
+    enc.encode_passages(TEXTS[:3])
+    lone = enc.encode_passages(TEXTS[3:4])
+    assert counters["stats"]["unique_graphs"] == before + 1
+    np.testing.assert_allclose(lone, torch_vectors(model_dir, TEXTS[3:4]), atol=1e-5)
