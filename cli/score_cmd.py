@@ -48,7 +48,7 @@ def score_command(
 
         corpus = load_beir(data, split=None).corpus
     scorer = build_scorer(teacher, fusion, corpus=corpus, bm25_index=bm25_index, batch_size=batch_size,
-                          precision=precision)
+                          precision=precision, show_progress=True)
     from retr.retriever.teacher_scores import write_scores
 
     stats = write_scores(candidates, output, scorer, block_size=block_size)

@@ -47,25 +47,26 @@ class CrossEncoderScorer:
 class DenseScorer:
     """Query . passage of a ``DualEncoder`` (each distinct text encoded once per call)."""
 
-    def __init__(self, model, batch_size: int = 64, **overrides):
+    def __init__(self, model, batch_size: int = 64, show_progress: bool = False, **overrides):
         from .modeling.dual_encoder import DualEncoder
 
         self.model = model if isinstance(model, DualEncoder) else DualEncoder.from_pretrained(model, **overrides)
-        self.batch_size = batch_size
+        self.batch_size, self.show_progress = batch_size, show_progress
         self.name = f"dense({self.model.name})"
 
     def score(self, queries: Sequence[str], passages: Sequence[Passage]) -> np.ndarray:
         if not len(queries):
             return np.zeros(0, np.float32)
         sep = self.model.passage_tower.config.title_sep
-        q = _encode_unique(self.model.encode_queries, list(queries), self.batch_size)
-        p = _encode_unique(self.model.encode_passages, [x.joined(sep) for x in passages], self.batch_size)
+        q = _encode_unique(self.model.encode_queries, list(queries), self.batch_size, self.show_progress)
+        p = _encode_unique(self.model.encode_passages, [x.joined(sep) for x in passages], self.batch_size,
+                           self.show_progress)
         return np.einsum("nd,nd->n", q, p).astype(np.float32)
 
 
-def _encode_unique(encode, texts: list[str], batch_size: int) -> np.ndarray:
+def _encode_unique(encode, texts: list[str], batch_size: int, show_progress: bool = False) -> np.ndarray:
     uniq = list(dict.fromkeys(texts))
-    vecs = np.asarray(encode(uniq, batch_size=batch_size, show_progress=False), np.float32)
+    vecs = np.asarray(encode(uniq, batch_size=batch_size, show_progress=show_progress), np.float32)
     where = {t: i for i, t in enumerate(uniq)}
     return vecs[[where[t] for t in texts]]
 
@@ -169,9 +170,11 @@ def teacher_scorer(retriever) -> Scorer:
 
 
 def build_scorer(teachers: Sequence[str], weights: Sequence[float] | None = None, corpus=None,
-                 bm25_index=None, batch_size: int = 64, precision: str = "auto") -> Scorer:
+                 bm25_index=None, batch_size: int = 64, precision: str = "auto",
+                 show_progress: bool = False) -> Scorer:
     """A scorer from ``--teacher`` specs (``parse_teacher``); several are fused (``FusionScorer``). BM25 needs the
-    ``corpus`` its documents come from (indexed into ``bm25_index``, or reused from there)."""
+    ``corpus`` its documents come from (indexed into ``bm25_index``, or reused from there). ``show_progress``:
+    the cross-encoder's and dense encoder's own bars (a block of many pairs takes minutes to hours on a CPU)."""
     specs = [parse_teacher(t) for t in teachers]
     if not specs:
         raise ValueError("give at least one --teacher")
@@ -186,11 +189,11 @@ def build_scorer(teachers: Sequence[str], weights: Sequence[float] | None = None
 
             scorers.append(BM25Scorer(BM25Retriever.for_corpus(corpus, index_dir=bm25_index)))
         elif kind == "dense":
-            scorer = DenseScorer(name, batch_size=batch_size)
+            scorer = DenseScorer(name, batch_size=batch_size, show_progress=show_progress)
             scorer.model.set_precision(precision)
             scorers.append(scorer)
         else:
-            scorer = CrossEncoderScorer(name, batch_size=batch_size)
+            scorer = CrossEncoderScorer(name, batch_size=batch_size, show_progress=show_progress)
             scorer.model.precision = precision
             scorers.append(scorer)
     return scorers[0] if len(scorers) == 1 else FusionScorer(scorers, weights)

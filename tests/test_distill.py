@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -72,7 +73,7 @@ def test_score_dense_cross_encoder_bm25_and_fusion(tmp_path, tiny_beir, tiny_mod
     ce_dir = tmp_path / "ce"
     torch.manual_seed(0)
     CrossEncoderScorer(str(tiny_model_dir)).model.save(ce_dir)
-    outs = {}
+    outs, errs = {}, {}
     for name, flags in {"dense": ["-t", f"dense:{tiny_model_dir}"], "ce": ["-t", f"ce:{ce_dir}"],
                         "bm25": ["-t", "bm25", "-d", tiny_beir],
                         "fusion": ["-t", f"dense:{tiny_model_dir}", "-t", "bm25", "-d", tiny_beir,
@@ -81,6 +82,11 @@ def test_score_dense_cross_encoder_bm25_and_fusion(tmp_path, tiny_beir, tiny_mod
         code, out, err = run_cli(["score", "-c", cands, "-o", outs[name], *flags], capsys)
         assert code == 0, err
         assert f"of {len(rows)} queries" in " ".join(out.split())
+        errs[name] = err
+    # the long passes show progress (a CE pass over a big candidate file used to look hung)
+    pairs = sum(len(ps) for _, ps, _ in _scored(outs["ce"]))
+    assert re.search(rf"rerank[^\r\n]*\b{pairs}/{pairs}\b", errs["ce"]), errs["ce"]
+    assert re.search(r"passages:[^\r\n|]*\|[^|]*\| *\d+/\d+", errs["dense"]), errs["dense"]
     dense, ce = DenseScorer(str(tiny_model_dir)), CrossEncoderScorer(str(ce_dir))
     for q, ps, s in _scored(outs["dense"]):
         np.testing.assert_allclose(s, dense.score([q] * len(ps), ps), rtol=1e-4, atol=1e-5)
