@@ -35,7 +35,7 @@ def main() -> None:
 
     from retr.retriever.modeling import packaged_minilm_path
 
-    student = SentenceTransformer(packaged_minilm_path(), device="cpu")
+    student = SentenceTransformer(packaged_minilm_path(), device="cpu", trust_remote_code=False)
     s_ent, t_ent = [], {t: [] for t in TEMPERATURES}
     with open(args.scored, encoding="utf-8") as fh:
         for i, line in enumerate(fh):
