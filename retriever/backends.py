@@ -26,8 +26,9 @@ weights are copies: editing the model's weights after the first batch is not see
 holds its own packed copy of the linear weights (measured on an 8-layer BERT: ~1 copy per graph; not frozen, a
 second graph added ~0). A batch of one therefore runs as two copies of its row (no second graph); a decoder's
 length of one still compiles its own, so such a process holds two copies besides the model. It stays fp32
-(cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact CPU path measured here (RESULTS.md section 17). Its cost: the first batches of each process compile (~30 s for
-MiniLM, a C++ compiler is needed; later processes reuse inductor's on-disk cache), so it pays off on large corpora.
+(cosine >= 0.9999998 to torch on MiniLM) and is the fastest exact CPU path measured here (RESULTS.md section
+17). Its cost: the first batches of each process compile (~30 s for MiniLM, a C++ compiler is needed; later
+processes reuse inductor's on-disk cache), so it pays off on large corpora.
 
 OpenVINO runs a block's batches on ``streams`` parallel infer requests (``AsyncInferQueue``, THROUGHPUT hint,
 one stream per thread by default, so one core each): the set-up measured in RESULTS.md section 17. A lone
@@ -271,8 +272,8 @@ def freezing() -> contextlib.AbstractContextManager:
 class CompiledRunner:
     """``PooledGraph`` of ``encoder`` through ``torch.compile`` (inductor, ``dynamic`` batch and length,
     ``freezing``), run under ``inference_mode``; ``precision`` f32 (exact) or bf16 (autocast). Compiles on the
-    first call (and once more for a new rank of shapes, e.g. a decoder's length of one); raises ``ValueError`` when no C++
-    compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model, one frozen
+    first call (and once more for a new rank of shapes, e.g. a decoder's length of one); raises ``ValueError``
+    when no C++ compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model, one frozen
     copy of its linear weights per compiled graph (module docstring) and one batch of activations (peak RSS of a
     MiniLM SciFact eval, measured before freezing was really on: 2.3 GB, RESULTS.md section 17)."""
 
