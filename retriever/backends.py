@@ -273,8 +273,8 @@ class CompiledRunner:
     """``PooledGraph`` of ``encoder`` through ``torch.compile`` (inductor, ``dynamic`` batch and length,
     ``freezing``), run under ``inference_mode``; ``precision`` f32 (exact) or bf16 (autocast). Compiles on the
     first call (and once more for a new rank of shapes, e.g. a decoder's length of one); raises ``ValueError``
-    when no C++ compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model, one frozen
-    copy of its linear weights per compiled graph (module docstring) and one batch of activations (peak RSS of a
+    when no C++ compiler is found (inductor's CPU kernels are C++; ``cpp_compiler``). Memory: the torch model,
+    one frozen copy of its linear weights per compiled graph (module docstring) and one batch of activations (peak RSS of a
     MiniLM SciFact eval, measured before freezing was really on: 2.3 GB, RESULTS.md section 17)."""
 
     kind = "compile"
