@@ -18,7 +18,11 @@ def rrf(runs: Sequence[Run], k: int = 60, depth: int | None = None) -> Run:
 
 
 def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | None = None) -> Run:
-    """sum_i w_i * minmax_i(score); a document missing from a run gets 0 from it."""
+    """sum_i w_i * minmax_i(score); a document missing from a run gets 0 from it.
+
+    A query whose hits in a run all score the same (e.g. BM25 finds a single document for a short NFCorpus query)
+    has no min-max span: its hits get 1 from that run (they are its best), not 0, which would tie them with the
+    documents the run did not return. Memory: the fused scores of one query's hits across the runs."""
     fused: dict[str, dict[str, float]] = {}
     for run, w in zip(runs, weights):
         for qid, hits in run.items():
@@ -27,9 +31,9 @@ def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | Non
             if not hits:
                 continue
             lo, hi = min(h.score for h in hits), max(h.score for h in hits)
-            span = hi - lo or 1.0
+            span = hi - lo
             for h in hits:
-                acc[h.docid] = acc.get(h.docid, 0.0) + w * (h.score - lo) / span
+                acc[h.docid] = acc.get(h.docid, 0.0) + w * ((h.score - lo) / span if span > 0 else 1.0)
     return _to_run(fused)
 
 

@@ -24,6 +24,18 @@ def test_rrf_and_weighted_fusion_by_hand():
     assert [h.rank for h in ws] == [1, 2, 3]
 
 
+def test_weighted_fusion_keeps_a_run_s_only_hit_above_the_documents_it_did_not_return():
+    # 13 NFCorpus test queries get a single BM25 hit; min-max of one score has no span, and mapping it to 0
+    # tied that hit with every dense-only document (BM25 alone through the fusion: 0.3004 instead of 0.3218)
+    sparse = {"q": [Hit("a", 7.5, 1)], "r": [Hit("b", 3.0, 1), Hit("c", 3.0, 2)]}
+    dense = {"q": [Hit("z", 0.9, 1), Hit("a", 0.5, 2), Hit("y", 0.1, 3)], "r": [Hit("z", 0.8, 1)]}
+    only_sparse = weighted_sum([sparse, dense], [1.0, 0.0])
+    assert only_sparse["q"][0].docid == "a" and only_sparse["q"][0].score == 1.0
+    assert {h.docid for h in only_sparse["r"][:2]} == {"b", "c"}
+    half = {h.docid: h.score for h in weighted_sum([sparse, dense], [0.5, 0.5])["q"]}
+    assert half["a"] == pytest.approx(0.5 + 0.5 * 0.5) and half["a"] > half["z"] == pytest.approx(0.5)
+
+
 @pytest.mark.java
 def test_bm25_index_and_search_through_the_jvm(tiny_beir, tmp_path, capsys):
     code, out, err = run_cli(["index", "--bm25", "-d", tiny_beir, "-o", tmp_path / "bm25"], capsys)
