@@ -151,7 +151,10 @@ def train_command(
     # issue 20: distillation
     distill: Annotated[Optional[str], Opt("--distill", help="Learn a teacher's scores: margin-mse (Hofstätter et "
                                           "al. 2020) or kl (listwise, RocketQAv2/Tevatron) over each query's "
-                                          "[positive, --train-negatives] group. Needs --teacher-scores.")] = None,
+                                          "[positive, --train-negatives] group, or soft-infonce (dual "
+                                          "encoders: InfoNCE over the whole batch with the teacher's "
+                                          "distribution over the group as its label). Needs "
+                                          "--teacher-scores.")] = None,
     teacher_scores: Annotated[Optional[Path], Opt("--teacher-scores", help="Tevatron JSONL with a score on every "
                                                   "passage (`retr score`); the training data when distilling "
                                                   "(instead of --data).")] = None,

@@ -16,7 +16,8 @@ import torch
 from conftest import REPO, make_tiny_bert, one_line_error, run_cli
 from retr.retriever.data import load_beir
 from retr.retriever.data.training import Passage
-from retr.retriever.losses.distill import KLDistillLoss, MarginMSELoss, distill_loss
+from retr.retriever.losses.distill import KLDistillLoss, MarginMSELoss, SoftInfoNCELoss, distill_loss
+from retr.retriever.losses.infonce import InfoNCELoss
 from retr.retriever.scoring import CrossEncoderScorer, DenseScorer, FusionScorer
 
 
@@ -40,6 +41,31 @@ def test_kl_is_zero_at_the_teacher_and_follows_its_temperature():
         distill_loss("mse")
     with pytest.raises(ValueError):
         KLDistillLoss()(torch.zeros(2, 1), torch.zeros(2, 1))  # no negative
+
+
+def test_soft_infonce_is_infonce_when_the_teacher_is_certain_and_keeps_in_batch_negatives():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)  # 3 queries, groups of 4 (positive first)
+    p = torch.nn.functional.normalize(torch.randn(3 * 4, 8), dim=-1)
+    scores = q @ p.T / 0.05
+    certain = torch.tensor([[50.0, 0.0, 0.0, 0.0]] * 3)  # softmax(certain / 0.1): all mass on the positive
+    soft = SoftInfoNCELoss(0.1)
+    assert float(soft(scores, certain)) == pytest.approx(float(InfoNCELoss(0.05)(q, p)), rel=1e-5)
+    teacher = torch.randn(3, 4)
+    base = float(soft(scores, teacher))
+    moved = scores.clone()
+    moved[0, 5] += 30.0  # query 0 scores an in-batch passage (query 1's first negative) higher
+    assert float(soft(moved, teacher)) > base  # ... which the group-only KL would not see:
+    group = torch.stack([scores[i, i * 4:(i + 1) * 4] for i in range(3)])
+    assert float(KLDistillLoss(0.1)(group, teacher)) == pytest.approx(
+        float(KLDistillLoss(0.1)(torch.stack([moved[i, i * 4:(i + 1) * 4] for i in range(3)]), teacher)))
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask[0, 5] = True  # a judged positive of query 0 in query 1's group leaves query 0's softmax
+    mask[0, 1] = True  # own group: never masked
+    assert float(soft(moved, teacher, mask)) == pytest.approx(float(soft(scores, teacher, mask)), rel=1e-6)
+    assert float(soft(moved, teacher, mask)) < float(soft(moved, teacher))
+    with pytest.raises(ValueError):
+        soft(scores[:, :8], teacher)
 
 
 # ---------- retr score ----------
@@ -168,7 +194,7 @@ def _group_kl(model, path, temperature=0.05):
     return float(np.mean(total))
 
 
-@pytest.mark.parametrize("loss", ["kl", "margin-mse"])
+@pytest.mark.parametrize("loss", ["kl", "margin-mse", "soft-infonce"])
 def test_distilled_dual_encoder_moves_toward_the_teacher(tmp_path, tiny_beir, tiny_model_dir, loss, capsys):
     teacher = make_tiny_bert(tmp_path / "teacher", seed=7)
     scores = _teacher_file(tmp_path, tiny_beir, teacher, capsys)
@@ -251,23 +277,26 @@ def test_teacher_scores_file_without_scores_is_one_line(tmp_path, tiny_beir, tin
     assert code == 2 and "cands.jsonl:1" in line.replace(", line ", ":") and "positive_passages[0].score" in line
     code, _, err = run_cli(["train", "-o", tmp_path / "run2", "-m", tiny_model_dir, "--distill", "kl"], capsys)
     assert code == 2 and "--distill and --teacher-scores go together" in one_line_error(err)
+    code, _, err = run_cli(["train", "--mode", "reranker", "-o", tmp_path / "run3", "-m", tiny_model_dir,
+                            "--teacher-scores", cands, "--distill", "soft-infonce"], capsys)
+    assert code == 2 and "dual encoders only" in one_line_error(err)
 
 
-def _cfg(model, scores, out, grad_cache, mode="supervised", **extra):
+def _cfg(model, scores, out, grad_cache, mode="supervised", distill="kl", **extra):
     from ddp_worker import config
 
     return config(str(model), "", str(out), grad_cache, True, mode, train_data=[], teacher_scores=str(scores),
-                  distill="kl", train_negatives=2, **extra)
+                  distill=distill, train_negatives=2, **extra)
 
 
-@pytest.mark.parametrize("mode", ["supervised", "reranker"])
-def test_grad_cache_distillation_equals_plain(tmp_path, tiny_beir, mode, capsys):
+@pytest.mark.parametrize("mode,distill", [("supervised", "kl"), ("reranker", "kl"), ("supervised", "soft-infonce")])
+def test_grad_cache_distillation_equals_plain(tmp_path, tiny_beir, mode, distill, capsys):
     from ddp_worker import one_step
 
     model = make_tiny_bert(tmp_path / "nd", dropout=0.0)
     scores = _teacher_file(tmp_path, tiny_beir, make_tiny_bert(tmp_path / "t", seed=9), capsys)
-    plain = one_step(_cfg(model, scores, tmp_path / "p", False, mode, distill_infonce_weight=0.5))
-    cached = one_step(_cfg(model, scores, tmp_path / "g", True, mode, distill_infonce_weight=0.5))
+    plain = one_step(_cfg(model, scores, tmp_path / "p", False, mode, distill, distill_infonce_weight=0.5))
+    cached = one_step(_cfg(model, scores, tmp_path / "g", True, mode, distill, distill_infonce_weight=0.5))
     grads = [k for k in plain if k.startswith("grad.")]
     assert grads
     for k in grads:

@@ -91,7 +91,7 @@ class TrainConfig:
     lora_target_modules: list[str] = field(default_factory=list)  # [] = PEFT's default for the architecture
     merge_lora: bool = False  # also save OUTPUT/model-merged: the adapter folded into the base weights
     # issue 20: distillation from teacher scores (`retr score`); the scored file is the training data
-    distill: str | None = None  # margin-mse | kl
+    distill: str | None = None  # margin-mse | kl | soft-infonce
     teacher_scores: str | None = None  # Tevatron JSONL with a "score" on every passage
     teacher_temperature: float = 1.0  # teacher scores / this (the student's scale)
     distill_infonce_weight: float = 0.0  # + this x the contrastive loss (InfoNCE, or listwise for a reranker)
@@ -144,8 +144,11 @@ class TrainConfig:
                 raise ValueError(f"{given[0]} needs --lora-r (the adapter rank)")
 
         # issue 20: distillation
-        if self.distill is not None and self.distill not in ("margin-mse", "kl"):
-            raise ValueError(f"distill must be margin-mse or kl, got {self.distill!r}")
+        if self.distill is not None and self.distill not in ("margin-mse", "kl", "soft-infonce"):
+            raise ValueError(f"distill must be margin-mse, kl or soft-infonce, got {self.distill!r}")
+        if self.distill == "soft-infonce" and self.mode == "reranker":
+            raise ValueError("--distill soft-infonce needs in-batch passages: dual encoders only (a cross-encoder "
+                             "takes margin-mse or kl)")
         if (self.distill is None) != (self.teacher_scores is None):
             raise ValueError("--distill and --teacher-scores go together")
         if self.distill is not None and self.mode == "unsupervised":

@@ -1,5 +1,5 @@
 """Knowledge distillation from teacher scores (``retr score``) into a dual encoder or a cross-encoder
-(``retr train --distill margin-mse|kl --teacher-scores FILE``).
+(``retr train --distill margin-mse|kl|soft-infonce --teacher-scores FILE``).
 
 Each query's group is [positive, negative_1 .. negative_n] drawn from its scored passages (a random positive and
 n negatives without replacement per epoch, as ``collator.pick_group``; with fewer than n scored negatives they
@@ -8,7 +8,8 @@ scores are those the trainer trains anyway: for a dual encoder ``sim(q, p) / tem
 its own group's passages (the InfoNCE loss's ``scores``), for a cross-encoder its logit per pair. The loss is
 ``distill(student, teacher)`` (``losses/distill.py``) plus ``infonce_weight`` x the usual contrastive loss
 (InfoNCE with in-batch negatives, or the cross-encoder's listwise softmax), 0 by default (pure distillation, as
-Hofstätter et al. and Tevatron's distillation).
+Hofstätter et al. and Tevatron's distillation). ``soft-infonce`` (dual encoders) scores the query against the
+whole batch instead, the teacher's distribution over its group in InfoNCE's one-hot label's place.
 
 Works unchanged with GradCache (the loss is a function of the cached representations) and DDP (teacher scores
 travel as extras, gathered like the representations). Memory: one batch's [B, 1 + n] teacher scores.
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 
 from ..data.training import TrainExample
+from ..losses.distill import SoftInfoNCELoss
+from ..losses.infonce import known_positive_mask
 from .collator import known_positive_keys
 
 
@@ -92,14 +95,28 @@ class DistillTask(nn.Module):
         group = teacher.size(1)
         if p.size(0) != q.size(0) * group:
             raise ValueError(f"{p.size(0)} passages for {q.size(0)} queries in groups of {group}")
-        student = group_scores(self.loss, q, p, group)
-        loss = self.distill(student, teacher)
+        if isinstance(self.distill, SoftInfoNCELoss):  # the teacher's labels over the whole batch
+            scores = batch_scores(self.loss, q, p)
+            mask = None
+            if extras.get("positive_keys") is not None and extras.get("passage_keys") is not None:
+                target = torch.arange(q.size(0), device=q.device) * group
+                mask = known_positive_mask(extras["positive_keys"], extras["passage_keys"], target)
+            loss = self.distill(scores, teacher, mask)
+        else:
+            loss = self.distill(group_scores(self.loss, q, p, group), teacher)
         if self.infonce_weight:
             loss = loss + self.infonce_weight * self.loss(q, p, extras.get("positive_keys"), extras.get("passage_keys"))
         return loss
 
     def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
         pass
+
+
+def batch_scores(infonce: nn.Module, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """[Q, P]: ``infonce``'s scaled similarity of every query with every passage of the batch."""
+    if infonce.similarity == "cos":
+        q, p = nn.functional.normalize(q, dim=-1), nn.functional.normalize(p, dim=-1)
+    return q @ p.T * infonce.log_scale.exp().clamp(max=100.0)
 
 
 def group_scores(infonce: nn.Module, q: torch.Tensor, p: torch.Tensor, group: int) -> torch.Tensor:
