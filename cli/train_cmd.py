@@ -159,7 +159,7 @@ def train_command(
                                                   "passage (`retr score`); the training data when distilling "
                                                   "(instead of --data).")] = None,
     teacher_temperature: Annotated[Optional[float], Opt("--teacher-temperature", help="Teacher scores are divided "
-                                                        "by this (both losses), to put them on the student's "
+                                                        "by this (every loss), to put them on the student's "
                                                         "scale: 1 for cross-encoder logits, the student's "
                                                         "--temperature for a dense teacher's cosines.")] = None,
     distill_infonce_weight: Annotated[Optional[float], Opt("--distill-infonce-weight", help="Add this x the "

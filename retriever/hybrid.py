@@ -22,9 +22,14 @@ def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | Non
 
     A query whose hits in a run all score the same (e.g. BM25 finds a single document for a short NFCorpus query)
     has no min-max span: its hits get 1 from that run (they are its best), not 0, which would tie them with the
-    documents the run did not return. Memory: the fused scores of one query's hits across the runs."""
+    documents the run did not return. A run of weight 0 has no say: its documents do not enter the fusion (at
+    alpha 0 or 1 the fused run is the other run's, not padded with documents only the weightless run returned,
+    which tied with, and by docid could outrank, the weighted run's lowest hit). Memory: the fused scores of one
+    query's hits across the runs."""
     fused: dict[str, dict[str, float]] = {}
     for run, w in zip(runs, weights):
+        if w == 0:
+            continue
         for qid, hits in run.items():
             hits = hits[:depth]
             acc = fused.setdefault(qid, {})

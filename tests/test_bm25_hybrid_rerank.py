@@ -26,7 +26,7 @@ def test_rrf_and_weighted_fusion_by_hand():
 
 def test_weighted_fusion_keeps_a_run_s_only_hit_above_the_documents_it_did_not_return():
     # 13 NFCorpus test queries get a single BM25 hit; min-max of one score has no span, and mapping it to 0
-    # tied that hit with every dense-only document (BM25 alone through the fusion: 0.3004, now 0.3135; BM25 0.3218)
+    # tied that hit with every dense-only document (BM25 alone through the fusion: 0.3004; BM25 0.3218)
     sparse = {"q": [Hit("a", 7.5, 1)], "r": [Hit("b", 3.0, 1), Hit("c", 3.0, 2)]}
     dense = {"q": [Hit("z", 0.9, 1), Hit("a", 0.5, 2), Hit("y", 0.1, 3)], "r": [Hit("z", 0.8, 1)]}
     only_sparse = weighted_sum([sparse, dense], [1.0, 0.0])
@@ -34,6 +34,15 @@ def test_weighted_fusion_keeps_a_run_s_only_hit_above_the_documents_it_did_not_r
     assert {h.docid for h in only_sparse["r"][:2]} == {"b", "c"}
     half = {h.docid: h.score for h in weighted_sum([sparse, dense], [0.5, 0.5])["q"]}
     assert half["a"] == pytest.approx(0.5 + 0.5 * 0.5) and half["a"] > half["z"] == pytest.approx(0.5)
+
+
+def test_weighted_fusion_at_alpha_0_or_1_is_the_weighted_run_itself():
+    # a run's lowest hit normalises to 0; a weightless run's documents used to tie with it and, by docid
+    # descending, push it out (helper's repro: BM25's third hit d4 replaced by dense-only d8, d7, d5 at alpha 0)
+    sparse = {"q": [Hit("s1", 3.0, 1), Hit("s2", 2.0, 2), Hit("s3", 1.0, 3)]}
+    dense = {"q": [Hit("z4", 0.9, 1), Hit("z3", 0.8, 2), Hit("s1", 0.1, 3)]}
+    assert [h.docid for h in weighted_sum([sparse, dense], [1.0, 0.0])["q"]] == ["s1", "s2", "s3"]
+    assert [h.docid for h in weighted_sum([sparse, dense], [0.0, 1.0])["q"]] == ["z4", "z3", "s1"]
 
 
 @pytest.mark.java

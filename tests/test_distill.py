@@ -68,6 +68,28 @@ def test_soft_infonce_is_infonce_when_the_teacher_is_certain_and_keeps_in_batch_
         soft(scores[:, :8], teacher)
 
 
+def test_soft_infonce_leaves_out_in_batch_copies_of_a_query_s_own_group():
+    """Two queries share their hard negative x (groups [a+, x] and [b+, x]): for query A the copy of x in B's
+    group would be a zero-probability twin of a passage the teacher scored; the task masks it (helper's repro:
+    the learnt margin was off by log 2)."""
+    from retr.retriever.losses.distill import SoftInfoNCELoss
+    from retr.retriever.training.distill import DistillTask
+
+    torch.manual_seed(0)
+    q, p = torch.randn(2, 8), torch.randn(4, 8)
+    p[3] = p[1]  # the same passage x in both groups
+    keys = torch.tensor([10, 11, 12, 11])
+    extras = {"teacher_scores": torch.tensor([[1.0, 0.0], [1.0, 0.0]]), "passage_keys": keys,
+              "positive_keys": torch.tensor([[10], [12]])}
+    task = DistillTask(SoftInfoNCELoss(1.0), InfoNCELoss(0.05))
+    got = float(task.compute_loss({"queries": q, "passages": p}, extras))
+    scores = q @ p.T / 0.05
+    mask = torch.tensor([[False, False, True, True], [True, True, False, False]])
+    mask[0, 2] = mask[1, 0] = False  # the other query's positive stays a negative; only x's copy leaves
+    assert got == pytest.approx(float(SoftInfoNCELoss(1.0)(scores, extras["teacher_scores"], mask)), rel=1e-5)
+    assert got != pytest.approx(float(SoftInfoNCELoss(1.0)(scores, extras["teacher_scores"])), rel=1e-3)
+
+
 # ---------- retr score ----------
 def _candidates(tmp_path, data):
     ds = load_beir(data, "test")
@@ -277,6 +299,17 @@ def test_teacher_scores_file_without_scores_is_one_line(tmp_path, tiny_beir, tin
     assert code == 2 and "cands.jsonl:1" in line.replace(", line ", ":") and "positive_passages[0].score" in line
     code, _, err = run_cli(["train", "-o", tmp_path / "run2", "-m", tiny_model_dir, "--distill", "kl"], capsys)
     assert code == 2 and "--distill and --teacher-scores go together" in one_line_error(err)
+    rows = [json.loads(line) for line in cands.read_text().splitlines()]
+    for r in rows:
+        for p in r["positive_passages"] + r["negative_passages"]:
+            p["score"] = 1.0
+    rows[1]["negative_passages"][0]["score"] = 1e39  # finite in JSON, inf in the float32 loss
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_cli(["train", "-o", tmp_path / "run4", "-m", tiny_model_dir, "--teacher-scores", huge,
+                            "--distill", "kl", "--max-steps", "1"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "huge.jsonl" in line and "negative_passages[0].score" in line and "float32" in line
     code, _, err = run_cli(["train", "--mode", "reranker", "-o", tmp_path / "run3", "-m", tiny_model_dir,
                             "--teacher-scores", cands, "--distill", "soft-infonce"], capsys)
     assert code == 2 and "dual encoders only" in one_line_error(err)

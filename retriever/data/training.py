@@ -90,8 +90,8 @@ def _passages(obj, path: Path, line_no: int, key: str) -> list[Passage]:
             raise DataError(path, line_no, f'field "{key}[{j}].text" missing or not a string')
         score = p.get("score")
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
-                                  or score != score or abs(score) == float("inf")):
-            raise DataError(path, line_no, f'field "{key}[{j}].score" must be a finite number')
+                                  or score != score or abs(score) > 3.0e38):  # trained in float32 (max 3.4e38)
+            raise DataError(path, line_no, f'field "{key}[{j}].score" must be a finite number within float32')
         out.append(Passage(str(p.get("docid", "")), str(p.get("title") or ""), p["text"],
                            None if score is None else float(score)))
     return out

@@ -98,9 +98,15 @@ class DistillTask(nn.Module):
         if isinstance(self.distill, SoftInfoNCELoss):  # the teacher's labels over the whole batch
             scores = batch_scores(self.loss, q, p)
             mask = None
-            if extras.get("positive_keys") is not None and extras.get("passage_keys") is not None:
+            keys = extras.get("passage_keys")
+            if extras.get("positive_keys") is not None and keys is not None:
                 target = torch.arange(q.size(0), device=q.device) * group
-                mask = known_positive_mask(extras["positive_keys"], extras["passage_keys"], target)
+                mask = known_positive_mask(extras["positive_keys"], keys, target)
+                # a copy of one of the query's own group passages elsewhere in the batch (a hard negative shared
+                # with another query, --pairs) would be a zero-probability twin of a passage the teacher scored:
+                # it leaves the softmax, or it shifts the learnt margins by log(copies)
+                own = keys.view(q.size(0), group)
+                mask = mask | (own[:, :, None] == keys[None, None, :]).any(1)
             loss = self.distill(scores, teacher, mask)
         else:
             loss = self.distill(group_scores(self.loss, q, p, group), teacher)
