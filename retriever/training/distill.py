@@ -96,7 +96,7 @@ class DistillTask(nn.Module):
         if p.size(0) != q.size(0) * group:
             raise ValueError(f"{p.size(0)} passages for {q.size(0)} queries in groups of {group}")
         if isinstance(self.distill, SoftInfoNCELoss):  # the teacher's labels over the whole batch
-            scores = batch_scores(self.loss, q, p)
+            scores = self.loss.scores(q, p)  # InfoNCE's own [Q, Q * G] scaled similarities
             mask = None
             keys = extras.get("passage_keys")
             if extras.get("positive_keys") is not None and keys is not None:
@@ -116,13 +116,6 @@ class DistillTask(nn.Module):
 
     def after_step(self, reps: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
         pass
-
-
-def batch_scores(infonce: nn.Module, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """[Q, P]: ``infonce``'s scaled similarity of every query with every passage of the batch."""
-    if infonce.similarity == "cos":
-        q, p = nn.functional.normalize(q, dim=-1), nn.functional.normalize(p, dim=-1)
-    return q @ p.T * infonce.log_scale.exp().clamp(max=100.0)
 
 
 def group_scores(infonce: nn.Module, q: torch.Tensor, p: torch.Tensor, group: int) -> torch.Tensor:
