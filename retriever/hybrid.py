@@ -2,6 +2,7 @@
 a weighted sum of per-query min-max normalised scores. A retriever of its own (``search``/``batch_search``)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from .hits import Hit, Run, trec_sorted
@@ -25,7 +26,8 @@ def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | Non
     documents the run did not return. A run of weight 0 has no say: its documents do not enter the fusion (at
     alpha 0 or 1 the fused run is the other run's, not padded with documents only the weightless run returned,
     which tied with, and by docid could outrank, the weighted run's lowest hit). Memory: the fused scores of one
-    query's hits across the runs."""
+    query's hits across the runs. Raises ValueError on a NaN or infinite score (it would poison the query's
+    min-max span)."""
     fused: dict[str, dict[str, float]] = {}
     for run, w in zip(runs, weights):
         if w == 0:
@@ -35,6 +37,10 @@ def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | Non
             acc = fused.setdefault(qid, {})
             if not hits:
                 continue
+            bad = next((h for h in hits if not math.isfinite(h.score)), None)
+            if bad is not None:
+                raise ValueError(f"weighted fusion: query {qid!r}, document {bad.docid!r} has score {bad.score} "
+                                 "(min-max normalisation needs finite scores)")
             lo, hi = min(h.score for h in hits), max(h.score for h in hits)
             span = hi - lo
             for h in hits:

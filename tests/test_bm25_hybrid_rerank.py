@@ -45,6 +45,16 @@ def test_weighted_fusion_at_alpha_0_or_1_is_the_weighted_run_itself():
     assert [h.docid for h in weighted_sum([sparse, dense], [0.0, 1.0])["q"]] == ["z4", "z3", "s1"]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_weighted_fusion_refuses_a_non_finite_score_naming_query_and_document(bad):
+    # a NaN made min/max depend on the hits' order and flattened the query's ranking; inf made every span inf
+    sparse = {"q": [Hit("s1", 3.0, 1), Hit("s2", bad, 2), Hit("s3", 1.0, 3)]}
+    dense = {"q": [Hit("z4", 0.9, 1)]}
+    with pytest.raises(ValueError, match=r"query 'q', document 's2' has score"):
+        weighted_sum([sparse, dense], [0.5, 0.5])
+    assert [h.docid for h in weighted_sum([sparse, dense], [0.0, 1.0])["q"]] == ["z4"]  # a weightless run is unread
+
+
 @pytest.mark.java
 def test_bm25_index_and_search_through_the_jvm(tiny_beir, tmp_path, capsys):
     code, out, err = run_cli(["index", "--bm25", "-d", tiny_beir, "-o", tmp_path / "bm25"], capsys)

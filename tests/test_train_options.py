@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_bert, run_cli
+from conftest import make_tiny_bert, one_line_error, run_cli
 from retr.retriever.modeling import DualEncoder
 
 # four queries, each with one positive and two hard negatives of its own: no passage is shared, so no
@@ -190,3 +190,30 @@ def test_report_to_tensorboard_writes_the_logged_scalars(world, tmp_path, capsys
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss")] == [1, 2]
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update_in_one_line(world, tmp_path, capsys):
+    # --lr 1e30: Adam's first step moves every weight by ~1e30, so the second forward overflows float32
+    out = tmp_path / "nan"
+    code, _, err = run_cli(["train", "-o", out, "-m", world["model"], "-d", world["data"], "--split", "train",
+                            "--batch-size", "4", "--max-steps", "3", "--logging-steps", "1", "--save-steps", "1",
+                            "--precision", "fp32", "--seed", "1", "--lr", "1e30"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "step 2: the training loss is" in line and "stopped before the update" in line, line
+    assert f"--resume restarts from {out / 'checkpoints' / 'step-1'}" in line, line
+    assert not (out / "model").exists()  # no NaN model handed on as if trained
+    logged = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1] and math.isfinite(logged[0]["loss"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--mode", "reranker"], "dual encoders only"),
+    (["--teacher-scores", "{negatives}", "--distill", "kl"], "the InfoNCE term is off"),
+])
+def test_symmetric_where_there_is_no_infonce_term_is_refused(world, tmp_path, capsys, extra, message):
+    extra = [e.format(negatives=world["negatives"]) for e in extra]
+    data = [] if "--teacher-scores" in extra else ["-d", world["data"], "--split", "train"]
+    code, _, err = run_cli(["train", "-o", tmp_path / "run", "-m", world["model"], *data, "--symmetric",
+                            "--max-steps", "1", *extra], capsys)
+    assert code == 2 and "--symmetric" in one_line_error(err) and message in one_line_error(err), err
+    assert not (tmp_path / "run").exists()

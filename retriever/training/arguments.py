@@ -159,6 +159,12 @@ class TrainConfig:
             raise ValueError("--distill is not combined with --matryoshka-dims")
         if self.teacher_temperature <= 0 or self.distill_infonce_weight < 0:
             raise ValueError("--teacher-temperature must be > 0 and --distill-infonce-weight >= 0")
+        if self.symmetric and self.mode == "reranker":
+            raise ValueError("--symmetric adds InfoNCE's passage-to-query direction: dual encoders only, not "
+                             "--mode reranker")
+        if self.symmetric and self.distill is not None and self.distill_infonce_weight == 0:
+            raise ValueError("--symmetric adds InfoNCE's passage-to-query direction, and with --distill the InfoNCE "
+                             "term is off (--distill-infonce-weight 0): give a weight > 0 or drop --symmetric")
 
         if self.b3_cluster_negatives < 0:  # issue 21
             raise ValueError("--b3-cluster-negatives must be >= 0")

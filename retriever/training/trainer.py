@@ -171,6 +171,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step({}, self._extras)
 
+    def resumable_hint(self) -> str:
+        """Where a fixed run can resume from, for error messages: the last checkpoint, if any was saved."""
+        found = list_checkpoints(self.output / "checkpoints") if self.config.save_steps else []
+        return f"; --resume restarts from {found[-1]}" if found else ""
+
     def seed_rng(self) -> None:
         """torch's seed for this run and rank (dropout masks): ``cfg.seed`` on rank 0, a distinct one per rank."""
         seed_rank(self.config.seed, self.dist)
@@ -235,6 +240,7 @@ class Trainer:
             inputs = self.collate(local, epoch)
             batch_stats.append(inputs.pop("stats", {}))  # rank 0 logs its own share's statistics
             losses.append(self.compute_gradients(inputs))
+            check_finite_loss(losses[-1], self.global_step + 1, self.resumable_hint)
             self.optimizer_step()
             self.global_step += 1
             self.epoch, self.next_batch = (epoch, b + 1)
@@ -282,6 +288,19 @@ class Trainer:
                 logger.log(self.global_step, {f"eval/{k}": v for k, v in metrics.items()})
         barrier(self.dist)
         return metrics
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite: stepping on would write NaN into every weight."""
+
+
+def check_finite_loss(loss: float, step: int, hint: Callable[[], str] = lambda: "") -> None:
+    """Raise :class:`NonFiniteLossError` before the optimizer applies a NaN/inf gradient (the weights stay those
+    of the last finite step; nothing is saved). Usual causes: a learning rate or temperature too aggressive,
+    fp16 overflow, or non-finite teacher scores."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"step {step}: the training loss is {loss}, stopped before the update (no model "
+                                 f"saved); lower --lr, raise --temperature, or try --precision bf16/fp32{hint()}")
 
 
 def _progress(total: int, start: int, enabled: bool):
