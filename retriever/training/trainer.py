@@ -173,7 +173,7 @@ class Trainer:
 
     def resumable_hint(self) -> str:
         """Where a fixed run can resume from, for error messages: the last checkpoint, if any was saved."""
-        found = list_checkpoints(self.output / "checkpoints") if self.config.save_steps else []
+        found = list_checkpoints(self.output / "checkpoints")
         return f"; --resume restarts from {found[-1]}" if found else ""
 
     def seed_rng(self) -> None:
