@@ -27,7 +27,13 @@ def weighted_sum(runs: Sequence[Run], weights: Sequence[float], depth: int | Non
     alpha 0 or 1 the fused run is the other run's, not padded with documents only the weightless run returned,
     which tied with, and by docid could outrank, the weighted run's lowest hit). Memory: the fused scores of one
     query's hits across the runs. Raises ValueError on a NaN or infinite score (it would poison the query's
-    min-max span)."""
+    min-max span), on a NaN or infinite weight, and when there is not one weight per run (``zip`` would drop the
+    runs past the last weight)."""
+    if len(weights) != len(runs):
+        raise ValueError(f"weighted fusion: {len(runs)} runs but {len(weights)} weights (one weight per run)")
+    bad_w = next((w for w in weights if not math.isfinite(w)), None)
+    if bad_w is not None:
+        raise ValueError(f"weighted fusion: weight {bad_w} is not a finite number")
     fused: dict[str, dict[str, float]] = {}
     for run, w in zip(runs, weights):
         if w == 0:

@@ -55,6 +55,17 @@ def test_weighted_fusion_refuses_a_non_finite_score_naming_query_and_document(ba
     assert [h.docid for h in weighted_sum([sparse, dense], [0.0, 1.0])["q"]] == ["z4"]  # a weightless run is unread
 
 
+@pytest.mark.parametrize("weights,message", [
+    ([1.0], "2 runs but 1 weights"),  # zip dropped the second run without a word
+    ([0.5, 0.5, 0.5], "2 runs but 3 weights"),
+    ([float("nan"), 0.5], "weight nan is not a finite number"),  # NaN != 0, so it summed NaN into every hit
+])
+def test_weighted_fusion_needs_one_finite_weight_per_run(weights, message):
+    sparse, dense = {"q": [Hit("s1", 3.0, 1)]}, {"q": [Hit("z4", 0.9, 1)]}
+    with pytest.raises(ValueError, match=message):
+        weighted_sum([sparse, dense], weights)
+
+
 @pytest.mark.java
 def test_bm25_index_and_search_through_the_jvm(tiny_beir, tmp_path, capsys):
     code, out, err = run_cli(["index", "--bm25", "-d", tiny_beir, "-o", tmp_path / "bm25"], capsys)

@@ -200,10 +200,55 @@ def test_a_non_finite_loss_stops_the_run_before_the_update_in_one_line(world, tm
                             "--precision", "fp32", "--seed", "1", "--lr", "1e30"], capsys)
     line = one_line_error(err)
     assert code == 2 and "step 2: the training loss is" in line and "stopped before the update" in line, line
-    assert f"--resume restarts from {out / 'checkpoints' / 'step-1'}" in line, line
+    # not --resume (the checkpoint may already diverge, and resume refuses a new --lr): a new run from it
+    assert "--resume" not in line and f"in a new --output (-m {out / 'checkpoints' / 'step-1' / 'model'}" in line, line
     assert not (out / "model").exists()  # no NaN model handed on as if trained
     logged = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1] and math.isfinite(logged[0]["loss"])
+
+
+def _resumable(world, tmp_path, capsys, *extra):
+    """A 2-step run with a checkpoint at step 1 and its model/ removed, as if killed after that checkpoint;
+    returns the arguments that made it (without --resume) and the checkpoint's file digests."""
+    out = tmp_path / "run"
+    args = ["train", "-o", out, "-m", world["model"], "-d", world["data"], "--split", "train", "--batch-size", "4",
+            "--max-steps", "2", "--logging-steps", "1", "--save-steps", "1", "--precision", "fp32", "--seed", "1",
+            "--lr", "1e-3", *extra]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    import shutil
+
+    shutil.rmtree(out / "model")
+    ckpt = out / "checkpoints" / "step-1"
+    return args, ckpt, {f.name: f.read_bytes() for f in ckpt.rglob("*") if f.is_file()}
+
+
+@pytest.mark.parametrize("change,shown", [
+    (["--lr", "5e-4"], "lr 0.001 -> 0.0005"),  # the checkpoint's schedule would have kept 1e-3 silently
+    (["--max-steps", "3"], "max_steps 2 -> 3"),
+    (["--temperature", "0.1"], "temperature 0.05 -> 0.1"),
+])
+def test_resume_refuses_changed_training_settings_in_one_line(world, tmp_path, capsys, change, shown):
+    args, ckpt, before = _resumable(world, tmp_path, capsys)
+    code, _, err = run_cli([*args, *change, "--resume"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and str(ckpt) in line and shown in line, line
+    assert f"-m {ckpt / 'model'}" in line, line  # where a run with the new settings can start
+    assert {f.name: f.read_bytes() for f in ckpt.rglob("*") if f.is_file()} == before  # checkpoint untouched
+    assert not (ckpt.parent.parent / "model").exists()
+
+
+def test_resume_may_change_logging_saving_and_grad_cache_chunks(world, tmp_path, capsys):
+    args, ckpt, _ = _resumable(world, tmp_path, capsys)
+    log = ckpt.parent.parent / "train_log.jsonl"
+    straight = [json.loads(l) for l in log.read_text().splitlines()]
+    code, _, err = run_cli([*args, "--logging-steps", "2", "--save-steps", "5", "--grad-cache", "--gc-query-chunk",
+                            "2", "--resume"], capsys)
+    assert code == 0 and (ckpt.parent.parent / "model").exists(), err
+    resumed = [json.loads(l) for l in log.read_text().splitlines()][len(straight):]
+    # it went on from step 1 (a fresh start would log step 1 again) with the same step-2 loss (GradCache is exact)
+    assert [r["step"] for r in resumed] == [2], resumed
+    assert resumed[0]["loss"] == pytest.approx(straight[-1]["loss"], rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -171,10 +171,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step({}, self._extras)
 
-    def resumable_hint(self) -> str:
-        """Where a fixed run can resume from, for error messages: the last checkpoint, if any was saved."""
+    def restart_hint(self) -> str:
+        """What to do after a divergence, for the NaN error: not ``--resume`` (it refuses a changed ``--lr``, see
+        ``resume``, and the last checkpoint may already hold diverging weights) but a new run; the last checkpoint's
+        ``model/``, if any, can start it."""
         found = list_checkpoints(self.output / "checkpoints")
-        return f"; --resume restarts from {found[-1]}" if found else ""
+        start = f" (-m {found[-1] / 'model'} starts it from the last checkpoint)" if found else ""
+        return f", in a new --output{start}"
 
     def seed_rng(self) -> None:
         """torch's seed for this run and rank (dropout masks): ``cfg.seed`` on rank 0, a distinct one per rank."""
@@ -197,6 +200,9 @@ class Trainer:
         barrier(self.dist)
 
     def resume(self) -> bool:
+        """Load the latest intact checkpoint (model, loss state, optimizer, schedule, every rank's RNG): the run
+        then ends with the weights of an uninterrupted one. ``ValueError`` when the world size or a training
+        setting differs from the checkpoint's (``check_same_settings``). ``False`` when there is none."""
         found = list_checkpoints(self.output / "checkpoints")
         if not found:
             log.info("no checkpoint under %s: starting from scratch", self.output / "checkpoints")
@@ -206,6 +212,7 @@ class Trainer:
         if state.get("world_size", 1) != self.dist.world_size:
             raise ValueError(f"{path}: saved with world size {state.get('world_size')}, "
                              f"resuming with {self.dist.world_size}")
+        check_same_settings(path, state.get("config") or {}, self.config)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -240,7 +247,7 @@ class Trainer:
             inputs = self.collate(local, epoch)
             batch_stats.append(inputs.pop("stats", {}))  # rank 0 logs its own share's statistics
             losses.append(self.compute_gradients(inputs))
-            check_finite_loss(losses[-1], self.global_step + 1, self.resumable_hint)
+            check_finite_loss(losses[-1], self.global_step + 1, self.restart_hint)
             self.optimizer_step()
             self.global_step += 1
             self.epoch, self.next_batch = (epoch, b + 1)
@@ -290,6 +297,33 @@ class Trainer:
         return metrics
 
 
+# settings a resumed run may change: where things are and what is logged, saved or evaluated, and GradCache's
+# chunking (exact: the same gradients in other memory); everything else shapes the weights a run ends with
+RESUME_MAY_CHANGE = frozenset({
+    "output_dir", "resume", "model", "train_data", "negatives_file", "teacher_scores", "b3_teacher", "b3_cache",
+    "token_cache", "save_steps", "save_total_limit", "logging_steps", "eval_steps", "eval_data", "eval_split",
+    "report_to", "merge_lora", "grad_cache", "gc_query_chunk", "gc_passage_chunk", "gradient_checkpointing"})
+
+
+def check_same_settings(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    """``ValueError`` (one line) when ``--resume`` asks for other training settings than the checkpoint at ``path``
+    was trained with (``saved``: its ``TrainConfig.to_json()``): the checkpoint's optimizer and learning-rate
+    schedule would win silently (a new ``--lr`` ignored) or the run would end unlike an uninterrupted one.
+    Paths, logging, saving, evaluation and GradCache chunking may change (``RESUME_MAY_CHANGE``)."""
+    now = config.to_json()
+    changed = [k for k in sorted(saved) if k in now and k not in RESUME_MAY_CHANGE and saved[k] != now[k]]
+    if changed:
+        what = ", ".join(f"{k} {_shown(saved[k])} -> {_shown(now[k])}" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ValueError(f"{path}: --resume continues a run with its own settings, but this one changes {what}"
+                         f"{more}; drop the changes, or train in a new --output (-m {path / 'model'} starts "
+                         "there)")
+
+
+def _shown(value: Any) -> str:
+    return "(unset)" if value is None else str(value)
+
+
 class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite: stepping on would write NaN into every weight."""
 
@@ -300,7 +334,7 @@ def check_finite_loss(loss: float, step: int, hint: Callable[[], str] = lambda: 
     fp16 overflow, or non-finite teacher scores."""
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"step {step}: the training loss is {loss}, stopped before the update (no model "
-                                 f"saved); lower --lr, raise --temperature, or try --precision bf16/fp32{hint()}")
+                                 f"saved); lower --lr, raise --temperature or try --precision bf16/fp32{hint()}")
 
 
 def _progress(total: int, start: int, enabled: bool):
