@@ -9,7 +9,8 @@ graph, and fused by ORT's transformer optimizer as `--backend onnx` runs it), Op
 bf16 hint and ONNX Runtime int8 (dynamic, per-channel, of the fused graph as `retr export --quantize int8`).
 `--compile` adds `--backend compile` (torch.compile, inductor, frozen weights; fp32, and bf16 with `--bf16`),
 and the same without freezing (what `--backend compile` ran before freezing was really switched on); compile
-time is spent in the warm-up and printed, not counted in docs/s.
+time is spent in the warm-up and printed, not counted in docs/s. `RETR_MALLOC=keep` in the environment applies
+retr's opt-in malloc setting (retriever/allocator.py) to the whole process, so to every engine alike.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def main() -> None:
     ap.add_argument("--ov-streams", type=int, default=None, help="OpenVINO parallel infer requests (default: "
                     "one per thread)")
     args = ap.parse_args()
+    from retr.retriever.allocator import malloc_from_env
+
+    malloc = "keep (RETR_MALLOC=keep, every engine)" if malloc_from_env() else "glibc default"
 
     from sentence_transformers import SentenceTransformer
 
@@ -97,7 +101,8 @@ def main() -> None:
     n = len(texts)
     ref = outs["retr torch fp32"]
     st_dps = n / np.mean(times["sentence-transformers fp32"])
-    print(f"\n{n} SciFact docs, batch {args.batch_size}, {torch.get_num_threads()} threads, rounds {args.rounds}")
+    print(f"\n{n} SciFact docs, batch {args.batch_size}, {torch.get_num_threads()} threads, rounds {args.rounds}, "
+          f"malloc {malloc}")
     print("| encoder | docs/s | ratio vs ST fp32 | min cosine to retr torch fp32 |")
     print("|---|---|---|---|")
     for name in names:

@@ -132,6 +132,9 @@ def main() -> None:
     previous = _install_signal_handlers()
     sys.argv = join_list_values(sys.argv)
     try:
+        from retr.retriever.allocator import malloc_from_env
+
+        malloc_from_env()  # RETR_MALLOC=keep: batches reuse freed memory instead of re-faulting it
         code = app(prog_name="retr", standalone_mode=False)  # usage errors are raised to here, not printed
         if isinstance(code, int) and code:  # typer.Exit(n) (e.g. `retr train --nproc`'s torchrun status)
             sys.exit(code)
