@@ -2,6 +2,7 @@
 length, batch size and threads, in one process, alternating order round by round to cancel drift.
 
     .venv/bin/python benchmarks/encode.py [--limit N] [--rounds 1] [--batch-size 32] [--bf16] [--backends]
+        [--compile] [--only TEXT]
 
 Prints docs/s for each, the ratio to ST fp32, and the min cosine to retr torch fp32 (1.0 = same vectors).
 `--bf16` adds retr torch with bf16 autocast (`--precision bf16`). `--backends` (issue 22) adds ONNX Runtime fp32 (plain
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="add --backend compile (torch.compile) rows")
     ap.add_argument("--ov-streams", type=int, default=None, help="OpenVINO parallel infer requests (default: "
                     "one per thread)")
+    ap.add_argument("--only", default=None, help="keep only the retr rows whose name contains this text (plus retr "
+                    "torch fp32, the cosine reference), e.g. '(--backend compile)'")
     args = ap.parse_args()
     from retr.retriever.allocator import malloc_from_env
 
@@ -75,6 +78,8 @@ def main() -> None:
             setups["retr torch.compile bf16, not frozen"] = (CompiledRunner(enc, "bf16", freeze=False), "fp32")
             setups["retr torch.compile bf16 (--backend compile --precision bf16)"] = (CompiledRunner(enc, "bf16"),
                                                                                        "fp32")
+    if args.only:
+        setups = {k: v for k, v in setups.items() if args.only in k or k == "retr torch fp32"}
     names = ["sentence-transformers fp32", *setups]
     times: dict[str, list[float]] = {n: [] for n in names}
     outs: dict[str, np.ndarray] = {}

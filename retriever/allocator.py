@@ -11,8 +11,9 @@ Opt-in (``RETR_MALLOC=keep`` for the CLI, or ``keep_freed_memory()`` from Python
 memory: the heap keeps what it held at its peak until the process exits, and with glibc before 2.38 a block
 freed by ``posix_memalign`` (torch's CPU allocator) is often too small for the next request of the same size, so
 the heap grows past the default allocator's peak before it settles: a loop of 64 MB tensors settled at 700 MB,
-a MiniLM encode at 1.40 GB peak RSS instead of 1.25 GB. Measured gain: ``--backend torch`` encoding ~10% faster,
-``--backend compile`` ~3% (RESULTS.md section 17).
+a SciFact ``retr eval`` (MiniLM, torch fp32) peaked at 1.58 GB RSS instead of 1.37 GB. Measured gain: that eval
+11% faster (246 s vs 276 s; system time 1.5 s vs 58 s), and 6-14% per engine in ``benchmarks/encode.py``
+(RESULTS.md section 17).
 
 Why own code: the usual remedies, jemalloc or tcmalloc, must be preloaded (``LD_PRELOAD``) before the interpreter
 starts and are not installable from PyPI; glibc's own ``mallopt`` is two calls through ``ctypes``. Elsewhere
