@@ -241,7 +241,8 @@ def test_resume_with_no_intact_checkpoint_is_one_line(reference_run, tiny_model_
     for step in ("step-2", "step-4"):
         _truncate(run / "checkpoints" / step / "model" / "model.safetensors")
     code, _, err = run_cli(["train", "-o", run, "-m", tiny_model_dir, "-d", reference_run / "data", "--split", "test",
-                            "--batch-size", "4", "--max-steps", "6", "--save-steps", "2", "--resume"], capsys)
+                            "--batch-size", "4", "--max-steps", "6", "--save-steps", "2", "--lr", "1e-3", "--seed", "3",
+                            "--warmup-ratio", "0", "--resume"], capsys)  # the reference run's settings
     assert code == 2 and "no intact checkpoint to resume from" in one_error_line(err)
 
 

@@ -200,8 +200,8 @@ def test_a_non_finite_loss_stops_the_run_before_the_update_in_one_line(world, tm
                             "--precision", "fp32", "--seed", "1", "--lr", "1e30"], capsys)
     line = one_line_error(err)
     assert code == 2 and "step 2: the training loss is" in line and "stopped before the update" in line, line
-    # not --resume (the checkpoint may already diverge, and resume refuses a new --lr): a new run from it
-    assert "--resume" not in line and f"in a new --output (-m {out / 'checkpoints' / 'step-1' / 'model'}" in line, line
+    # a new run: not --resume (it refuses a new --lr), nor from the checkpoint (step 1's update may have diverged)
+    assert "--resume" not in line and "in a new --output" in line and "checkpoints" not in line, line
     assert not (out / "model").exists()  # no NaN model handed on as if trained
     logged = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1] and math.isfinite(logged[0]["loss"])
@@ -236,6 +236,37 @@ def test_resume_refuses_changed_training_settings_in_one_line(world, tmp_path, c
     assert f"-m {ckpt / 'model'}" in line, line  # where a run with the new settings can start
     assert {f.name: f.read_bytes() for f in ckpt.rglob("*") if f.is_file()} == before  # checkpoint untouched
     assert not (ckpt.parent.parent / "model").exists()
+
+
+def test_resume_refuses_another_shape_model_or_data_before_loading(world, tmp_path, capsys):
+    args, ckpt, before = _resumable(world, tmp_path, capsys)
+    # a setting that changes the model's shape: one line naming it, not a traceback from inside the load
+    code, _, err = run_cli([*args, "--separate-towers", "--resume"], capsys)
+    assert code == 2 and "separate_towers False -> True" in one_line_error(err), err
+    # another start model (same shapes, other weights) under the same flags
+    other = make_tiny_bert(tmp_path / "other-model", seed=6, dropout=0.0, normalize=False)
+    code, _, err = run_cli([*[str(other) if a == world["model"] else a for a in args], "--resume"], capsys)
+    assert code == 2 and "continues a run with its own model" in one_line_error(err), err
+    # other training examples (one query reworded)
+    import shutil
+
+    data = tmp_path / "data2"
+    shutil.copytree(world["data"], data)
+    queries = data / "queries.jsonl"
+    queries.write_text(queries.read_text().replace("what about aspirin heart", "what about aspirin and the heart"))
+    code, _, err = run_cli([*[str(data) if a == world["data"] else a for a in args], "--resume"], capsys)
+    assert code == 2 and "on its own training examples" in one_line_error(err), err
+    assert {f.name: f.read_bytes() for f in ckpt.rglob("*") if f.is_file()} == before
+    # the same run named differently is not refused: --precision auto is fp32 on a CPU, --epochs under --max-steps
+    code, _, err = run_cli([*[("auto" if a == "fp32" else a) for a in args], "--epochs", "3", "--resume"], capsys)
+    assert code == 0 and (ckpt.parent.parent / "model").exists(), err
+
+
+def test_resume_refusal_of_a_lora_run_names_no_adapter_as_a_start(world, tmp_path, capsys):
+    args, ckpt, _ = _resumable(world, tmp_path, capsys, "--lora-r", "2")
+    code, _, err = run_cli([*args, "--lr", "5e-4", "--resume"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "lr 0.001 -> 0.0005" in line and "-m " not in line, line  # an adapter cannot start a run
 
 
 def test_resume_may_change_logging_saving_and_grad_cache_chunks(world, tmp_path, capsys):

@@ -22,6 +22,7 @@ from retr.indexing.atomic import atomic_dir, write_json_atomic
 from ..modeling.dual_encoder import DualEncoder
 from .arguments import TrainConfig
 from .checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from .resume_checks import check_same_settings, is_adapter_checkpoint, start_model_digest
 from .distributed import (DistInfo, all_gather_objects, all_reduce_grads, barrier, gather_nograd, gather_with_grad,
                           seed_rank)
 from .grad_cache import cached_step
@@ -91,6 +92,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.data_fingerprint = ""  # set by the driver: what the examples were
         self.output = Path(config.output_dir)
+        self.start_model = start_model_digest(model)  # what --resume checks the base model against
 
     # ---------- one step ----------
     def _autocast(self):
@@ -172,12 +174,38 @@ class Trainer:
         self.task.after_step({}, self._extras)
 
     def restart_hint(self) -> str:
-        """What to do after a divergence, for the NaN error: not ``--resume`` (it refuses a changed ``--lr``, see
-        ``resume``, and the last checkpoint may already hold diverging weights) but a new run; the last checkpoint's
-        ``model/``, if any, can start it."""
-        found = list_checkpoints(self.output / "checkpoints")
-        start = f" (-m {found[-1] / 'model'} starts it from the last checkpoint)" if found else ""
-        return f", in a new --output{start}"
+        """What to do after a divergence, for the NaN error: a new run, not ``--resume`` (it refuses a changed
+        ``--lr``) nor the last checkpoint (its weights may already diverge)."""
+        return ", in a new --output"
+
+    def check_resumable(self, path: Path) -> None:
+        """``ValueError`` (one line) when the run asked for differs from the one checkpointed at ``path``: world
+        size, training settings (``check_same_settings``), the model it started from (weights sampled by
+        ``start_model_digest``, so a moved directory is fine but other weights are not) or the training
+        examples (the driver's fingerprint). Older checkpoints without a record are not checked for it. An
+        unreadable ``trainer_state.json`` is left to the load, which falls back to an older checkpoint."""
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(state, dict):
+            return
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise ValueError(f"{path}: saved with world size {state.get('world_size')}, "
+                             f"resuming with {self.dist.world_size}")
+        start = "" if is_adapter_checkpoint(path) else f" (-m {path / 'model'} starts there)"
+        advice = f"; drop the changes, or train in a new --output{start}"
+        saved = dict(state.get("config") or {})
+        if state.get("precision") == self.precision:  # auto and fp32 on a CPU are one precision
+            saved["precision"] = self.config.precision
+        check_same_settings(path, saved, self.config, advice)
+        if state.get("start_model") and state["start_model"] != self.start_model:
+            raise ValueError(f"{path}: --resume continues a run with its own model, but --model {self.config.model} "
+                             f"is another (other weights, shapes or settings){advice}")
+        if state.get("data_fingerprint") and self.data_fingerprint and \
+                state["data_fingerprint"] != self.data_fingerprint:
+            raise ValueError(f"{path}: --resume continues a run on its own training examples, but these differ "
+                             f"(another file, split, content or negatives){advice}")
 
     def seed_rng(self) -> None:
         """torch's seed for this run and rank (dropout masks): ``cfg.seed`` on rank 0, a distinct one per rank."""
@@ -187,7 +215,8 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"global_step": self.global_step, "epoch": self.epoch, "next_batch": self.next_batch,
                 "scheduler": self.scheduler.state_dict(), "config": self.config.to_json(),
-                "world_size": self.dist.world_size,
+                "world_size": self.dist.world_size, "precision": self.precision,
+                "start_model": self.start_model, "data_fingerprint": self.data_fingerprint,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def save_checkpoint(self) -> None:
@@ -207,12 +236,9 @@ class Trainer:
         if not found:
             log.info("no checkpoint under %s: starting from scratch", self.output / "checkpoints")
             return False
+        self.check_resumable(found[-1])  # before loading: a changed shape would fail inside the load
         path, state = load_latest_checkpoint(found, self.model, self.task, self.optimizer,
                                              rank=self.dist.rank)  # skips damaged ones
-        if state.get("world_size", 1) != self.dist.world_size:
-            raise ValueError(f"{path}: saved with world size {state.get('world_size')}, "
-                             f"resuming with {self.dist.world_size}")
-        check_same_settings(path, state.get("config") or {}, self.config)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -295,33 +321,6 @@ class Trainer:
                 logger.log(self.global_step, {f"eval/{k}": v for k, v in metrics.items()})
         barrier(self.dist)
         return metrics
-
-
-# settings a resumed run may change: where things are and what is logged, saved or evaluated, and GradCache's
-# chunking (exact: the same gradients in other memory); everything else shapes the weights a run ends with
-RESUME_MAY_CHANGE = frozenset({
-    "output_dir", "resume", "model", "train_data", "negatives_file", "teacher_scores", "b3_teacher", "b3_cache",
-    "token_cache", "save_steps", "save_total_limit", "logging_steps", "eval_steps", "eval_data", "eval_split",
-    "report_to", "merge_lora", "grad_cache", "gc_query_chunk", "gc_passage_chunk", "gradient_checkpointing"})
-
-
-def check_same_settings(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
-    """``ValueError`` (one line) when ``--resume`` asks for other training settings than the checkpoint at ``path``
-    was trained with (``saved``: its ``TrainConfig.to_json()``): the checkpoint's optimizer and learning-rate
-    schedule would win silently (a new ``--lr`` ignored) or the run would end unlike an uninterrupted one.
-    Paths, logging, saving, evaluation and GradCache chunking may change (``RESUME_MAY_CHANGE``)."""
-    now = config.to_json()
-    changed = [k for k in sorted(saved) if k in now and k not in RESUME_MAY_CHANGE and saved[k] != now[k]]
-    if changed:
-        what = ", ".join(f"{k} {_shown(saved[k])} -> {_shown(now[k])}" for k in changed[:3])
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        raise ValueError(f"{path}: --resume continues a run with its own settings, but this one changes {what}"
-                         f"{more}; drop the changes, or train in a new --output (-m {path / 'model'} starts "
-                         "there)")
-
-
-def _shown(value: Any) -> str:
-    return "(unset)" if value is None else str(value)
 
 
 class NonFiniteLossError(ValueError):
