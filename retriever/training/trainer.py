@@ -199,13 +199,14 @@ class Trainer:
         if state.get("precision") == self.precision:  # auto and fp32 on a CPU are one precision
             saved["precision"] = self.config.precision
         check_same_settings(path, saved, self.config, advice)
+        fresh = "; drop the changes, or train in a new --output"  # no -m: its weights are not the ones asked for
         if state.get("start_model") and state["start_model"] != self.start_model:
             raise ValueError(f"{path}: --resume continues a run with its own model, but --model {self.config.model} "
-                             f"is another (other weights, shapes or settings){advice}")
+                             f"is another (other weights, shapes or settings){fresh}")
         if state.get("data_fingerprint") and self.data_fingerprint and \
                 state["data_fingerprint"] != self.data_fingerprint:
             raise ValueError(f"{path}: --resume continues a run on its own training examples, but these differ "
-                             f"(another file, split, content or negatives){advice}")
+                             f"(another file, split, content or negatives){fresh}")
 
     def seed_rng(self) -> None:
         """torch's seed for this run and rank (dropout masks): ``cfg.seed`` on rank 0, a distinct one per rank."""
