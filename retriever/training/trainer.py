@@ -173,11 +173,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step({}, self._extras)
 
-    def restart_hint(self) -> str:
-        """What to do after a divergence, for the NaN error: a new run, not ``--resume`` (it refuses a changed
-        ``--lr``) nor the last checkpoint (its weights may already diverge)."""
-        return ", in a new --output"
-
     def check_resumable(self, path: Path) -> None:
         """``ValueError`` (one line) when the run asked for differs from the one checkpointed at ``path``: world
         size, training settings (``check_same_settings``), the model it started from (weights sampled by
@@ -193,13 +188,13 @@ class Trainer:
         if state.get("world_size", 1) != self.dist.world_size:
             raise ValueError(f"{path}: saved with world size {state.get('world_size')}, "
                              f"resuming with {self.dist.world_size}")
-        start = "" if is_adapter_checkpoint(path) else f" (-m {path / 'model'} starts there)"
-        advice = f"; drop the changes, or train in a new --output{start}"
+        fresh = "; drop the changes, or train in a new --output"
+        advice = fresh + ("" if is_adapter_checkpoint(path) else f" (-m {path / 'model'} starts there)")
         saved = dict(state.get("config") or {})
         if state.get("precision") == self.precision:  # auto and fp32 on a CPU are one precision
             saved["precision"] = self.config.precision
         check_same_settings(path, saved, self.config, advice)
-        fresh = "; drop the changes, or train in a new --output"  # no -m: its weights are not the ones asked for
+        # another model or other data: no -m advice, the checkpoint's weights are not the ones asked for
         if state.get("start_model") and state["start_model"] != self.start_model:
             raise ValueError(f"{path}: --resume continues a run with its own model, but --model {self.config.model} "
                              f"is another (other weights, shapes or settings){fresh}")
@@ -231,8 +226,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the latest intact checkpoint (model, loss state, optimizer, schedule, every rank's RNG): the run
-        then ends with the weights of an uninterrupted one. ``ValueError`` when the world size or a training
-        setting differs from the checkpoint's (``check_same_settings``). ``False`` when there is none."""
+        then ends with the weights of an uninterrupted one. ``ValueError`` when the run differs from the checkpoint's
+        (``check_resumable``). ``False`` when there is none."""
         found = list_checkpoints(self.output / "checkpoints")
         if not found:
             log.info("no checkpoint under %s: starting from scratch", self.output / "checkpoints")
@@ -274,7 +269,7 @@ class Trainer:
             inputs = self.collate(local, epoch)
             batch_stats.append(inputs.pop("stats", {}))  # rank 0 logs its own share's statistics
             losses.append(self.compute_gradients(inputs))
-            check_finite_loss(losses[-1], self.global_step + 1, self.restart_hint)
+            check_finite_loss(losses[-1], self.global_step + 1)
             self.optimizer_step()
             self.global_step += 1
             self.epoch, self.next_batch = (epoch, b + 1)
@@ -328,13 +323,15 @@ class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite: stepping on would write NaN into every weight."""
 
 
-def check_finite_loss(loss: float, step: int, hint: Callable[[], str] = lambda: "") -> None:
+def check_finite_loss(loss: float, step: int) -> None:
     """Raise :class:`NonFiniteLossError` before the optimizer applies a NaN/inf gradient (the weights stay those
     of the last finite step; nothing is saved). Usual causes: a learning rate or temperature too aggressive,
     fp16 overflow, or non-finite teacher scores."""
-    if not math.isfinite(loss):
+    if not math.isfinite(loss):  # the advice: a new run, not --resume (it refuses a new --lr) nor the last
+        # checkpoint (its weights may already diverge)
         raise NonFiniteLossError(f"step {step}: the training loss is {loss}, stopped before the update (no model "
-                                 f"saved); lower --lr, raise --temperature or try --precision bf16/fp32{hint()}")
+                                 "saved); lower --lr, raise --temperature or try --precision bf16/fp32, in a new "
+                                 "--output")
 
 
 def _progress(total: int, start: int, enabled: bool):
