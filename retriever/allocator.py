@@ -51,7 +51,8 @@ def keep_freed_memory() -> bool:
 def malloc_from_env() -> bool:
     """What ``retr`` (the CLI) calls at start: ``keep_freed_memory()`` when ``RETR_MALLOC=keep``, else nothing
     (glibc's defaults). ``ValueError`` for another value."""
-    wanted = os.environ.get("RETR_MALLOC", "default").strip().lower()
+    given = os.environ.get("RETR_MALLOC", "default")
+    wanted = given.strip().lower()
     if wanted not in ("keep", "default", ""):
-        raise ValueError(f"RETR_MALLOC must be keep or default, got {wanted!r}")
+        raise ValueError(f"RETR_MALLOC must be keep or default, got {given!r}")
     return wanted == "keep" and keep_freed_memory()
